@@ -102,7 +102,7 @@ class LinearQuantizer(Quantizer):
             return xc, n, scale, ops.zeros_like(scale), n * scale
         # Asymmetric: TF's own FakeQuantWithMinMaxVars op (the TFLite reference semantics, and what the TFLite
         # converter reads), on [lo, hi] widened to contain 0. Its gradient is the clip-masked STE.
-        lo, hi = ops.minimum(lo, 0.0), ops.maximum(hi, 0.0)
+        lo, hi = ops.minimum(ops.cast(lo, "float32"), 0.0), ops.maximum(ops.cast(hi, "float32"), 0.0)
         hi = ops.maximum(hi, lo + _EPS)
         fq = tf.quantization.fake_quant_with_min_max_vars_per_channel if self.per_channel \
             else tf.quantization.fake_quant_with_min_max_vars
@@ -111,7 +111,7 @@ class LinearQuantizer(Quantizer):
         qmax = 2.0 ** self.bits - 1.0
         scale = (hi - lo) / qmax
         zero_point = ops.clip(ops.floor(0.0 - lo / scale + 0.5), 0.0, qmax)
-        n = ops.round(x_q / scale) + zero_point
+        n = ops.round(ops.cast(x_q, "float32") / scale) + zero_point
         return x, n, scale, zero_point, x_q
 
     def _resolved(self, state):

@@ -1,0 +1,157 @@
+"""Dataset readers; each returns a manifest (see :mod:`kws_quant.data.manifest`) checked by ``validate_manifest``.
+
+- :func:`read_speech_commands`: Google Speech Commands layout.
+- :func:`read_fsdd`: Free Spoken Digit Dataset naming ``{digit}_{speaker}_{index}.wav``.
+- :func:`read_csv_manifest`: any dataset described by a CSV ``path,label[,speaker][,split]``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from kws_quant.data.manifest import COLUMNS, assign_speaker_splits, validate_manifest
+
+BACKGROUND_NOISE_DIR = "_background_noise_"
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_FSDD_NAME = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$", re.IGNORECASE)
+_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+
+def _require_dir(root: str, what: str) -> str:
+    root = os.path.abspath(os.path.expanduser(str(root)))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{what}: directory does not exist: {root}")
+    return root
+
+
+def read_speech_commands(
+    root: str, label_names: Iterable[str] | None = None, seed: int = 0
+) -> tuple[pd.DataFrame, list[str]]:
+    """Read a Google Speech Commands tree.
+
+    Layout: ``root/<label>/<speaker>_nohash_<n>.wav``; ``validation_list.txt`` and ``testing_list.txt`` (paths
+    relative to ``root``) pick the validation and test files, all others are train. If neither list exists, a
+    speaker-disjoint split is assigned with :func:`assign_speaker_splits` (``seed``). Speaker = the file name's
+    part before ``_nohash_`` (the whole stem when absent).
+
+    Args:
+        label_names: if given, a label folder not in it raises ``ValueError``.
+    Returns:
+        (manifest, background noise paths from ``root/_background_noise_/``, sorted).
+    """
+    root = _require_dir(root, "Speech Commands root")
+    rows = []
+    for label in sorted(os.listdir(root)):
+        folder = os.path.join(root, label)
+        if label == BACKGROUND_NOISE_DIR or label.startswith(".") or not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.lower().endswith(".wav"):
+                rows.append((os.path.join(folder, name), label, name.split("_nohash_")[0].rsplit(".", 1)[0]))
+    if not rows:
+        raise ValueError(f"Speech Commands root {root}: no <label>/*.wav files found")
+    manifest = pd.DataFrame(rows, columns=["path", "label", "speaker"])
+    lists = {split: os.path.join(root, name) for split, name in
+             (("validation", "validation_list.txt"), ("test", "testing_list.txt"))}
+    if any(os.path.isfile(p) for p in lists.values()):
+        manifest["split"] = "train"
+        for split, list_path in lists.items():
+            if os.path.isfile(list_path):
+                listed = _read_split_list(list_path, root)
+                unknown = sorted(listed - set(manifest["path"]))
+                if unknown:
+                    raise FileNotFoundError(f"{list_path}: listed file does not exist: {unknown[0]}")
+                manifest.loc[manifest["path"].isin(listed), "split"] = split
+    else:
+        manifest = assign_speaker_splits(manifest, seed=seed)
+    noise_dir = os.path.join(root, BACKGROUND_NOISE_DIR)
+    noise = sorted(os.path.join(noise_dir, n) for n in os.listdir(noise_dir) if n.lower().endswith(".wav")) \
+        if os.path.isdir(noise_dir) else []
+    # The official lists are speaker-disjoint by construction; a custom tree may not be, so only the other checks run.
+    return _validate(manifest, label_names, source=root, speaker_disjoint=False), noise
+
+
+def _read_split_list(list_path: str, root: str) -> set[str]:
+    with open(list_path, encoding="utf-8") as f:
+        return {os.path.normpath(os.path.join(root, line.strip())) for line in f if line.strip()}
+
+
+def read_fsdd(
+    root: str,
+    fractions: Sequence[float] = (0.5, 0.25, 0.25),
+    seed: int = 0,
+    validation_speakers: Iterable[str] | None = None,
+    test_speakers: Iterable[str] | None = None,
+    digit_words: bool = True,
+) -> pd.DataFrame:
+    """Read Free Spoken Digit Dataset recordings ``root/{digit}_{speaker}_{index}.wav``.
+
+    Labels are the digit words ``"zero"..."nine"`` (the Speech Commands class names), or the digit characters
+    ``"0"..."9"`` with ``digit_words=False``. Splits are speaker-disjoint: explicit ``validation_speakers`` /
+    ``test_speakers`` (others train), else :func:`assign_speaker_splits` with ``fractions`` and ``seed``.
+    Files not matching the naming pattern are ignored.
+    """
+    root = _require_dir(root, "FSDD root")
+    rows = []
+    for name in sorted(os.listdir(root)):
+        match = _FSDD_NAME.match(name)
+        if match:
+            digit, speaker, _ = match.groups()
+            rows.append((os.path.join(root, name), DIGIT_WORDS[int(digit)] if digit_words else digit, speaker))
+    if not rows:
+        raise ValueError(f"FSDD root {root}: no files named {{digit}}_{{speaker}}_{{index}}.wav")
+    manifest = assign_speaker_splits(
+        pd.DataFrame(rows, columns=["path", "label", "speaker"]), fractions, seed, validation_speakers, test_speakers
+    )
+    return _validate(manifest, None, source=root)
+
+
+def read_csv_manifest(
+    csv_path: str,
+    label_names: Iterable[str] | None = None,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    check_files: bool = True,
+) -> pd.DataFrame:
+    """Read a CSV with columns ``path,label[,speaker][,split]`` (extra columns are kept).
+
+    Relative paths are resolved against the CSV's folder. Without ``speaker`` each file is its own speaker; without
+    ``split`` a speaker-disjoint split is assigned with :func:`assign_speaker_splits` (``fractions``, ``seed``).
+
+    Raises:
+        FileNotFoundError: the CSV or a listed file does not exist.
+        ValueError: a required column is missing or empty, a split value is invalid, a label is not in
+            ``label_names``, or a speaker is in two splits.
+    """
+    csv_path = os.path.abspath(os.path.expanduser(str(csv_path)))
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"CSV manifest does not exist: {csv_path}")
+    try:
+        manifest = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{csv_path}: not a readable CSV ({err})") from None
+    manifest.columns = [c.strip() for c in manifest.columns]
+    for column in ("path", "label"):
+        if column not in manifest.columns:
+            raise ValueError(f"{csv_path}: missing required column {column!r}; has {list(manifest.columns)}")
+        empty = manifest[column].str.strip() == ""
+        if empty.any():
+            raise ValueError(f"{csv_path}: row {int(empty.idxmax()) + 2}: empty {column!r}")
+    folder = os.path.dirname(csv_path)
+    manifest["path"] = [os.path.normpath(os.path.join(folder, p.strip())) for p in manifest["path"]]
+    manifest["label"] = manifest["label"].str.strip()
+    if "speaker" not in manifest.columns:
+        manifest["speaker"] = manifest["path"]
+    if "split" not in manifest.columns:
+        manifest = assign_speaker_splits(manifest, fractions, seed)
+    manifest["split"] = manifest["split"].str.strip()
+    return _validate(manifest, label_names, source=csv_path, check_files=check_files)
+
+
+def _validate(manifest, label_names, source, check_files=True, speaker_disjoint=True) -> pd.DataFrame:
+    extra = [c for c in manifest.columns if c not in COLUMNS]
+    manifest = manifest[list(COLUMNS) + extra].reset_index(drop=True)
+    return validate_manifest(manifest, label_names, check_files, source, speaker_disjoint)
