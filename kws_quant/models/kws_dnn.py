@@ -1,0 +1,98 @@
+"""The streaming, state-free feed-forward KWS model (Zeng et al. 2022: ~250K parameters) and a DS-CNN-style variant.
+
+Both map one window of stacked log-mel frames ``[window_frames, n_mels]`` to keyword-class logits ``[num_classes]``
+(keywords plus non-keyword classes). "Streaming" is the same model applied to a sliding window: see
+:mod:`kws_quant.models.streaming`. Every layer is a quantized layer whose specs come from a recipe
+(:mod:`kws_quant.models.recipes`), so the float model and its QAT twins share one definition.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from kws_quant.layers import QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDense
+from kws_quant.models.recipes import check_patterns_match, get_recipe, spec_for
+
+
+@dataclasses.dataclass
+class KWSModelConfig:
+    """Architecture of a KWS model.
+
+    Attributes:
+        arch: ``"dnn"`` (the paper's feed-forward model: pooled stacked frames → dense+BN+ReLU blocks) or ``"tdnn"``
+            (strided 1-D convolutions over time, then dense; fewer MACs per window).
+        window_frames: frames per input window (98 = 1 s at a 10 ms hop with 25 ms windows).
+        n_mels: log-mel bins per frame.
+        pool: average-pool this many adjacent frames before the first dense layer (dnn).
+        hidden: widths of the dense blocks (dnn) or conv filters (tdnn).
+        dropout: dropout after each hidden block, in training.
+    """
+
+    arch: str = "dnn"
+    window_frames: int = 98
+    n_mels: int = 40
+    pool: int = 2
+    hidden: tuple = (112, 112, 112)
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.arch not in ("dnn", "tdnn"):
+            raise ValueError(f"model arch={self.arch!r} is not allowed; allowed: 'dnn', 'tdnn'")
+        for name in ("window_frames", "n_mels", "pool"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"model {name}={v!r} must be a positive integer")
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if not self.hidden or min(self.hidden) <= 0:
+            raise ValueError(f"model hidden={self.hidden!r} must be a non-empty list of positive widths")
+
+
+def build_kws_model(config: KWSModelConfig, num_classes: int, recipe="float", name: str = "kws") -> keras.Model:
+    """Build the model. Input ``[batch, window_frames, n_mels]`` log-mel; output ``[batch, num_classes]`` logits.
+
+    Layer names (for recipe overrides): ``input_quant``, ``bn_in``, ``dense_in`` (first linear layer),
+    ``dense_<i>``/``conv_<i>``, ``bn_<i>``, ``act_<i>``, ``dense_out``.
+    """
+    recipe = get_recipe(recipe)
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes} must be at least 2 (keywords plus a non-keyword class)")
+
+    def q(layer_name, **roles):
+        """``<layer role>_quantizer`` kwargs for ``layer_name``, from recipe roles."""
+        return {f"{k}_quantizer": spec_for(recipe, layer_name, v) for k, v in roles.items()}
+
+    inp = keras.Input((config.window_frames, config.n_mels), name="logmel")
+    x = QuantActivation(name="input_quant", quantizer=spec_for(recipe, "input_quant", "input"))(inp)
+    names = []
+    if config.arch == "dnn":
+        if config.pool > 1:
+            x = keras.layers.AveragePooling1D(config.pool, name="pool")(x)
+        x = keras.layers.Flatten(name="flatten")(x)
+        x = QuantBatchNormalization(name="bn_in", **q("bn_in", gain="bn_gain", offset="bn_offset"))(x)
+        for i, width in enumerate(config.hidden):
+            lname = "dense_in" if i == 0 else f"dense_{i}"
+            x = QuantDense(width, use_bias=False, name=lname, **q(lname, kernel="kernel"))(x)
+            x = _block_tail(x, i, recipe, q, config.dropout)
+            names.append(lname)
+    else:
+        x = QuantBatchNormalization(name="bn_in", **q("bn_in", gain="bn_gain", offset="bn_offset"))(x)
+        for i, filters in enumerate(config.hidden):
+            lname = "dense_in" if i == 0 else f"conv_{i}"
+            x = QuantConv1D(filters, 5 if i == 0 else 3, strides=2, use_bias=False, name=lname,
+                            **q(lname, kernel="kernel"))(x)
+            x = _block_tail(x, i, recipe, q, config.dropout)
+            names.append(lname)
+        x = keras.layers.Flatten(name="flatten")(x)
+    out = QuantDense(num_classes, name="dense_out", **q("dense_out", kernel="kernel", bias="bias"))(x)
+    model = keras.Model(inp, out, name=name)
+    check_patterns_match(recipe, [layer.name for layer in model.layers])
+    return model
+
+
+def _block_tail(x, i, recipe, q, dropout):
+    x = QuantBatchNormalization(name=f"bn_{i}", **q(f"bn_{i}", gain="bn_gain", offset="bn_offset"))(x)
+    x = QuantActivation("relu", name=f"act_{i}", quantizer=spec_for(recipe, f"act_{i}", "activation"))(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
+    return x

@@ -1,0 +1,176 @@
+"""Training machinery shared by the KWS and ASR scripts: run directories, resumable fits, strategies.
+
+A run directory holds::
+
+    config.json            the resolved configuration
+    <phase>/backup/        Keras BackupAndRestore state (weights + optimizer + epoch) while a phase runs
+    <phase>/history.csv    per-epoch metrics (appended across resumes)
+    <phase>/tensorboard/   TensorBoard logs
+    <phase>/model.keras    the phase's final model; its presence marks the phase as complete
+    metrics.json           results, merged phase by phase
+
+Killed at any point and started again with the same command, a run skips completed phases and resumes the
+interrupted one from its last completed epoch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+    """``"default"`` (one device), ``"mirrored"`` (all local devices), ``"multi_worker"`` (``TF_CONFIG``)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"strategy={name!r} is not allowed; allowed: default, mirrored, multi_worker")
+
+
+def configure_cpu_devices(count: int) -> None:
+    """Split the CPU into ``count`` logical devices (to run ``mirrored`` on a CPU-only machine). Call first."""
+    if count > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+def write_json(path: str, data) -> None:
+    """Write ``data`` as indented JSON atomically (a kill never leaves half a file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=_json_default, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """One experiment's output directory (see the module docstring)."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        os.makedirs(self.path, exist_ok=True)
+
+    def phase(self, name: str) -> str:
+        d = os.path.join(self.path, name)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def model_path(self, phase: str) -> str:
+        return os.path.join(self.path, phase, "model.keras")
+
+    def is_complete(self, phase: str) -> bool:
+        return os.path.exists(self.model_path(phase))
+
+    def save_config(self, config: dict) -> None:
+        """Write ``config.json``; refuse to resume a run directory that was started with a different config."""
+        path = os.path.join(self.path, "config.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+            new = json.loads(json.dumps(config, default=_json_default))
+            if old != new:
+                diff = sorted(k for k in set(_flatten(old)) | set(_flatten(new))
+                              if _flatten(old).get(k) != _flatten(new).get(k))
+                raise ValueError(f"run directory {self.path} was started with a different config "
+                                 f"(differs in: {', '.join(diff[:8])}); use a new --workdir or delete it")
+        write_json(path, config)
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.path, "metrics.json")
+
+    def load_metrics(self) -> dict:
+        if not os.path.exists(self.metrics_path):
+            return {}
+        with open(self.metrics_path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def update_metrics(self, phase: str, values: dict) -> dict:
+        metrics = self.load_metrics()
+        metrics[phase] = {**metrics.get(phase, {}), **values}
+        write_json(self.metrics_path, metrics)
+        return metrics
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def resumable_fit(model: keras.Model, run: RunDir, phase: str, train_ds, epochs: int, validation_data=None,
+                  callbacks=(), verbose: int = 1, save_every_steps: int | None = None) -> dict:
+    """``model.fit`` that resumes after a kill, logs to CSV and TensorBoard, then saves ``<phase>/model.keras``.
+
+    Returns ``{"history": {metric: [per-epoch values]}, "train_seconds": float}`` (history from the CSV, so it spans
+    resumed runs). The model must be compiled and built.
+    """
+    d = run.phase(phase)
+    backup = keras.callbacks.BackupAndRestore(os.path.join(d, "backup"), double_checkpoint=True,
+                                              save_freq=save_every_steps or "epoch", delete_checkpoint=True)
+    csv_path = os.path.join(d, "history.csv")
+    cbs = [backup, *callbacks,
+           keras.callbacks.CSVLogger(csv_path, append=True),
+           keras.callbacks.TensorBoard(os.path.join(d, "tensorboard"), write_graph=False)]
+    start = time.perf_counter()
+    model.fit(train_ds, epochs=epochs, validation_data=validation_data, callbacks=cbs, verbose=verbose)
+    seconds = time.perf_counter() - start
+    model.save(run.model_path(phase))
+    return {"history": read_history(csv_path), "train_seconds": seconds}
+
+
+def read_history(csv_path: str) -> dict:
+    """Per-epoch metrics from a CSVLogger file, keeping the last row of each epoch (resumes may repeat one)."""
+    import pandas as pd
+
+    if not os.path.exists(csv_path):
+        return {}
+    df = pd.read_csv(csv_path).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    return {c: df[c].tolist() for c in df.columns if c != "epoch"}
+
+
+def transfer_weights(src: keras.Model, dst: keras.Model) -> int:
+    """Copy every variable of ``src`` into the same-named layer/variable of ``dst`` (float → QAT initialisation).
+
+    Variables that exist only in ``dst`` (QAT stage flags, range statistics) keep their values. Returns the number of
+    variables copied; raises if a shared variable's shape differs.
+    """
+    copied = 0
+    for layer in src.layers:
+        try:
+            target = dst.get_layer(layer.name)
+        except ValueError:
+            continue
+        theirs = {v.path.split("/")[-1]: v for v in target.variables}
+        for v in layer.variables:
+            name = v.path.split("/")[-1]
+            if name in theirs and name != "qat_stage":
+                if tuple(theirs[name].shape) != tuple(v.shape):
+                    raise ValueError(f"cannot transfer {layer.name}/{name}: shape {tuple(v.shape)} vs "
+                                     f"{tuple(theirs[name].shape)}")
+                theirs[name].assign(v)
+                copied += 1
+    return copied
