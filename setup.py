@@ -25,6 +25,7 @@ setup(
         "espeakng-loader>=0.2.4,<0.3",
         "jiwer>=3.0",
         "tqdm>=4.60",
+        "tensorboard>=2.20",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5"],

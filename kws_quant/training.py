@@ -136,7 +136,8 @@ def resumable_fit(model: keras.Model, run: RunDir, phase: str, train_ds, epochs:
            keras.callbacks.CSVLogger(csv_path, append=True),
            keras.callbacks.TensorBoard(os.path.join(d, "tensorboard"), write_graph=False)]
     start = time.perf_counter()
-    model.fit(train_ds, epochs=epochs, validation_data=validation_data, callbacks=cbs, verbose=verbose)
+    model.fit(train_ds, epochs=epochs, validation_data=validation_data, callbacks=cbs, verbose=verbose,
+              shuffle=False)  # datasets shuffle themselves
     seconds = time.perf_counter() - start
     model.save(run.model_path(phase))
     return {"history": read_history(csv_path), "train_seconds": seconds}

@@ -1,0 +1,9 @@
+"""The main job: synthetic "hey computer" KWS, float model + 4-bit tanh two-stage QAT twin (METHODS §1-3)."""
+from kws_quant.config_defaults import kws_config as base_config
+
+
+def get_config():
+    config = base_config()
+    config.name = "kws_synthetic"
+    config.data.source = "synthetic"
+    return config

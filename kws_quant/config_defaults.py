@@ -1,0 +1,42 @@
+"""Defaults shared by the KWS experiment configs in configs/. Every field can be overridden: --config.train.float_epochs=3."""
+import ml_collections
+
+
+def kws_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "kws"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"            # synthetic | fsdd | speech_commands | csv
+    c.data.data_dir = ""                   # folder (fsdd, speech_commands) or CSV file (csv); --data_dir sets it
+    c.data.keywords = ("hey computer",)    # keyword classes; other labels become _unknown_
+    c.data.validation_speakers = ()        # explicit speaker-disjoint split (fsdd/csv); empty: by fractions
+    c.data.test_speakers = ()
+    c.data.split_fractions = (0.8, 0.1, 0.1)
+    c.data.clip_seconds = 1.0
+    c.data.batch_size = 64
+    c.data.augment = True
+    c.data.snr_db = (5.0, 25.0)
+    c.data.gain_db = (-6.0, 6.0)
+    c.data.max_shift_seconds = 0.1
+    c.data.cache_dir = ""                  # synthetic audio cache; empty: ~/.cache/kws_quant/synthetic
+    c.data.synthetic = ml_collections.ConfigDict(dict(
+        clips_per_keyword=800, unknown_clips=1200, silence_clips=300, seed=0))
+
+    c.features = ml_collections.ConfigDict(dict(
+        sample_rate=16000, n_mels=40, win_ms=25.0, hop_ms=10.0, n_fft=512, fmin=20.0, log_floor=1e-6))
+
+    c.model = ml_collections.ConfigDict(dict(arch="dnn", pool=2, hidden=(112, 112, 112), dropout=0.1))
+
+    c.train = ml_collections.ConfigDict()
+    c.train.float_epochs = 12
+    c.train.learning_rate = 2e-3
+    c.train.stage1_epochs = 4              # QAT: weights quantized (METHODS §3 stage 1)
+    c.train.stage2_epochs = 4              # QAT: + inputs, activations, biases, batch-norm (stage 2)
+    c.train.qat_learning_rate = 5e-4
+    c.train.qat_init_from_float = True     # start QAT from the float model's weights
+
+    c.qat = ml_collections.ConfigDict()
+    c.qat.recipes = ("tanh4",)             # kws_quant.models.recipes presets, one QAT model each
+    return c

@@ -1,0 +1,163 @@
+"""The KWS experiment behind ``python -m kws_quant.train``: data → float model → QAT twins → test metrics."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+from kws_quant import data as kd
+from kws_quant import qat
+from kws_quant.features import FeatureConfig
+from kws_quant.models import KWSModelConfig, build_kws_model
+from kws_quant.training import RunDir, make_strategy, resumable_fit, transfer_weights
+
+FLOAT_PHASE = "float"
+
+
+@dataclasses.dataclass
+class KWSData:
+    """Everything the phases share: manifest, label order, feature settings and the three datasets."""
+
+    manifest: object
+    label_names: list
+    keyword_labels: list
+    features: FeatureConfig
+    window_frames: int
+    train: object
+    validation: object
+    test: object
+    steps_per_epoch: int
+
+
+def load_manifest(cfg: dict):
+    """``(manifest, label_names, keyword_labels, noise_paths)`` for ``cfg["data"]``; clear errors on bad input."""
+    d = cfg["data"]
+    source, keywords = d["source"], [kd.keyword_label(k) for k in d["keywords"]]
+    noises = []
+    if source == "synthetic":
+        scfg = kd.SyntheticConfig(keywords=tuple(d["keywords"]), clip_seconds=d["clip_seconds"],
+                                  sample_rate=cfg["features"]["sample_rate"],
+                                  split_fractions=tuple(d["split_fractions"]), **d["synthetic"])
+        manifest = kd.synthetic_corpus(scfg, cache_dir=d["cache_dir"] or None)
+    else:
+        if not d["data_dir"]:
+            raise ValueError(f"config.data.source={source!r} needs a dataset: pass --data_dir")
+        split = dict(validation_speakers=d["validation_speakers"] or None, test_speakers=d["test_speakers"] or None)
+        if source == "fsdd":
+            manifest = kd.read_fsdd(d["data_dir"], fractions=d["split_fractions"], seed=cfg["seed"], **split)
+        elif source == "speech_commands":
+            manifest, noises = kd.read_speech_commands(d["data_dir"], seed=cfg["seed"])
+        elif source == "csv":
+            manifest = kd.read_csv_manifest(d["data_dir"], fractions=d["split_fractions"], seed=cfg["seed"])
+        else:
+            raise ValueError(f"config.data.source={source!r} is not allowed; "
+                             "allowed: synthetic, fsdd, speech_commands, csv")
+    present = set(manifest["label"])
+    missing = [k for k in keywords if k not in present]
+    if missing:
+        raise ValueError(f"keyword label(s) {missing} from config.data.keywords have no clips in the "
+                         f"{source} data ({d['data_dir'] or 'synthetic corpus'}); labels found: "
+                         f"{', '.join(sorted(present)[:20])}")
+    manifest = kd.relabel_unknown(manifest, keep=keywords + [kd.SILENCE_LABEL])
+    extra = [name for name in (kd.SILENCE_LABEL, kd.UNKNOWN_LABEL) if name in set(manifest["label"])]
+    return manifest, extra + keywords, keywords, noises
+
+
+def prepare_data(cfg: dict, skip_bad_files: bool = False) -> KWSData:
+    manifest, label_names, keyword_labels, noises = load_manifest(cfg)
+    d = cfg["data"]
+    feats = FeatureConfig(**cfg["features"])
+    window = feats.num_frames(int(round(d["clip_seconds"] * feats.sample_rate)))
+    augment = kd.AugmentConfig(noises=tuple(noises), snr_db=tuple(d["snr_db"]), gain_db=tuple(d["gain_db"]),
+                               max_shift=int(d["max_shift_seconds"] * feats.sample_rate)) if d["augment"] else None
+    common = dict(label_names=label_names, feature_cfg=feats, clip_seconds=d["clip_seconds"],
+                  batch_size=d["batch_size"], seed=cfg["seed"], skip_bad_files=skip_bad_files)
+    train = kd.make_dataset(manifest, "train", augment=augment, **common)
+    n_train = int((manifest["split"] == "train").sum())
+    return KWSData(manifest, label_names, keyword_labels, feats, window, train,
+                   kd.make_dataset(manifest, "validation", **common), kd.make_dataset(manifest, "test", **common),
+                   math.ceil(n_train / d["batch_size"]))
+
+
+def build_model(cfg: dict, data: KWSData, recipe) -> keras.Model:
+    mcfg = KWSModelConfig(window_frames=data.window_frames, n_mels=data.features.n_mels, arch=cfg["model"]["arch"],
+                          pool=cfg["model"]["pool"], hidden=tuple(cfg["model"]["hidden"]),
+                          dropout=cfg["model"]["dropout"])
+    return build_kws_model(mcfg, len(data.label_names), recipe, name=f"kws_{recipe}")
+
+
+def compile_model(model, learning_rate: float, decay_steps: int) -> None:
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(decay_steps, 1), alpha=0.05)
+    model.compile(keras.optimizers.Adam(schedule),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+
+
+def evaluate(model, data: KWSData) -> dict:
+    """Test accuracy and the clip-level keyword decision errors at argmax."""
+    logits, labels = [], []
+    for x, y in data.test:
+        logits.append(model(x, training=False).numpy())
+        labels.append(y.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    pred = logits.argmax(1)
+    kw = np.isin(labels, [data.label_names.index(k) for k in data.keyword_labels])
+    hit = pred == labels
+    false_accepts = (~kw) & np.isin(pred, [data.label_names.index(k) for k in data.keyword_labels])
+    return {"test_accuracy": float(hit.mean()), "test_clips": int(len(labels)),
+            "keyword_frr": float(1 - hit[kw].mean()) if kw.any() else float("nan"),
+            "keyword_far": float(false_accepts[~kw].mean()) if (~kw).any() else float("nan")}
+
+
+def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: KWSData, strategy, init=None,
+                verbose: int = 1) -> keras.Model:
+    """Train (or resume, or reuse) one phase; record its metrics; return the trained model."""
+    if run.is_complete(phase):
+        model = keras.saving.load_model(run.model_path(phase))
+        if "test_accuracy" not in run.load_metrics().get(phase, {}):
+            run.update_metrics(phase, evaluate(model, data))
+        return model
+    t = cfg["train"]
+    is_float = phase == FLOAT_PHASE
+    epochs = t["float_epochs"] if is_float else t["stage1_epochs"] + t["stage2_epochs"]
+    with strategy.scope():
+        model = build_model(cfg, data, recipe)
+        compile_model(model, t["learning_rate"] if is_float else t["qat_learning_rate"],
+                      epochs * data.steps_per_epoch)
+    if init is not None:
+        transfer_weights(init, model)
+    callbacks = [] if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=t["stage1_epochs"],
+                                                     verbose=verbose > 0)]
+    print(f"\n== phase {phase}: recipe {recipe!r}, {model.count_params():,} parameters, {epochs} epochs ==")
+    result = resumable_fit(model, run, phase, data.train, epochs, validation_data=data.validation,
+                           callbacks=callbacks, verbose=verbose)
+    run.update_metrics(phase, {"recipe": recipe, "parameters": model.count_params(), "epochs": epochs,
+                               "history": result["history"], "train_seconds_last_session": result["train_seconds"],
+                               "stage": qat.get_stage(model), **evaluate(model, data)})
+    return model
+
+
+def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool = False, verbose: int = 1) -> dict:
+    """Run every phase of the experiment in ``workdir``; returns the metrics of all phases."""
+    run_dir = RunDir(workdir)
+    run_dir.save_config(cfg)
+    keras.utils.set_random_seed(cfg["seed"])
+    data = prepare_data(cfg, skip_bad_files)
+    dist = make_strategy(strategy)
+    float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)
+    for recipe in cfg["qat"]["recipes"]:
+        init = float_model if cfg["train"]["qat_init_from_float"] else None
+        train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
+    return run_dir.load_metrics()
+
+
+def format_summary(metrics: dict, workdir: str, seconds: float) -> str:
+    """A markdown table of the phases plus where the results are."""
+    lines = ["", "| model | test accuracy | keyword FRR | keyword FAR | parameters |", "|---|---|---|---|---|"]
+    for phase, m in metrics.items():
+        lines.append(f"| {phase} | {m['test_accuracy']:.4f} | {m['keyword_frr']:.4f} | {m['keyword_far']:.4f} | "
+                     f"{m.get('parameters', 0):,} |")
+    lines += ["", f"Results in {workdir}/ (metrics.json, config.json, <phase>/model.keras, <phase>/history.csv, "
+              f"<phase>/tensorboard). Total wall time {seconds:.0f} s."]
+    return "\n".join(lines)
