@@ -15,6 +15,7 @@ They agree to a maximum absolute difference below ``1e-3`` in the log domain (ty
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 import librosa
@@ -79,11 +80,15 @@ class FeatureConfig:
         return 1 + (num_samples - self.win_length) // self.hop_length
 
 
+@functools.lru_cache(maxsize=16)
 def mel_matrix(cfg: FeatureConfig) -> np.ndarray:
-    """The mel filterbank, float32 ``[n_mels, n_fft // 2 + 1]`` (``librosa.filters.mel``, Slaney norm)."""
-    return librosa.filters.mel(
+    """The mel filterbank, float32 ``[n_mels, n_fft // 2 + 1]`` (``librosa.filters.mel``, Slaney norm); read-only,
+    cached per config."""
+    weights = librosa.filters.mel(
         sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.max_freq
     ).astype(np.float32)
+    weights.setflags(write=False)
+    return weights
 
 
 def logmel_librosa(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
@@ -104,7 +109,9 @@ def logmel_librosa(audio: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> n
     return np.log(np.maximum(mel, cfg.log_floor)).astype(np.float32)
 
 
-def logmel_tf(audio: tf.Tensor, cfg: FeatureConfig = FeatureConfig(), mel_weights: tf.Tensor | None = None) -> tf.Tensor:
+def logmel_tf(
+    audio: tf.Tensor, cfg: FeatureConfig = FeatureConfig(), mel_weights: tf.Tensor | None = None
+) -> tf.Tensor:
     """Log-mel in pure TF ops (usable in ``tf.data``, ``tf.function`` and Keras layers).
 
     Args:
@@ -113,7 +120,7 @@ def logmel_tf(audio: tf.Tensor, cfg: FeatureConfig = FeatureConfig(), mel_weight
     Returns:
         float32 ``[frames, n_mels]`` or ``[batch, frames, n_mels]``.
     """
-    audio = tf.convert_to_tensor(audio, dtype=tf.float32)
+    audio = tf.cast(audio, tf.float32)
     if mel_weights is None:
         mel_weights = tf.constant(mel_matrix(cfg).T)
     stft = tf.signal.stft(
@@ -134,9 +141,11 @@ class LogMel(keras.layers.Layer):
     """Raw audio ``[batch, samples]`` float32 -> log-mel ``[batch, frames, n_mels]`` (see :func:`logmel_tf`).
 
     Lets an exported model take raw audio. Has no weights; the mel matrix is a constant rebuilt from the config.
+    Its dtype defaults to float32 so a mixed-precision policy does not cast the audio to float16.
     """
 
     def __init__(self, cfg: FeatureConfig | dict | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(cfg, dict):
             cfg = FeatureConfig(**cfg)

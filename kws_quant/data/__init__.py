@@ -1,0 +1,53 @@
+"""Audio data layer: dataset readers -> manifest DataFrame, augmentation, synthetic eSpeak corpus, tf.data pipeline.
+
+Every source yields the same manifest (columns ``path, label, speaker, split``), so training code treats Speech
+Commands, FSDD, a CSV dataset and the synthetic corpus alike.
+"""
+from kws_quant.data.audio import (
+    DEFAULT_SAMPLE_RATE,
+    AudioFileError,
+    BadFile,
+    check_audio_file,
+    find_bad_files,
+    fit_length,
+    load_audio,
+    load_audio_files,
+    summarize_bad_files,
+    to_mono_rate,
+    write_wav,
+)
+from kws_quant.data.augmentation import (
+    AugmentConfig,
+    augment,
+    coloured_noise,
+    mix_at_snr,
+    power,
+    random_gain,
+    random_segment,
+    time_shift,
+)
+from kws_quant.data.espeak import check_voice, list_voices, synthesize
+from kws_quant.data.manifest import (
+    COLUMNS,
+    SILENCE_LABEL,
+    SPLITS,
+    UNKNOWN_LABEL,
+    assign_speaker_splits,
+    check_speaker_disjoint,
+    relabel_unknown,
+    validate_manifest,
+)
+from kws_quant.data.pipeline import label_indices, make_dataset
+from kws_quant.data.readers import DIGIT_WORDS, read_csv_manifest, read_fsdd, read_speech_commands
+from kws_quant.data.synthetic import DEFAULT_VOICES, SyntheticConfig, default_cache_dir, keyword_label, synthetic_corpus
+from kws_quant.data.vocabulary import NON_KEYWORDS
+
+__all__ = [
+    "AudioFileError", "AugmentConfig", "BadFile", "COLUMNS", "DEFAULT_SAMPLE_RATE", "DEFAULT_VOICES", "DIGIT_WORDS",
+    "NON_KEYWORDS", "SILENCE_LABEL", "SPLITS", "SyntheticConfig", "UNKNOWN_LABEL", "assign_speaker_splits", "augment",
+    "check_audio_file", "check_speaker_disjoint", "check_voice", "coloured_noise", "default_cache_dir",
+    "find_bad_files", "fit_length", "keyword_label", "label_indices", "list_voices", "load_audio", "load_audio_files",
+    "make_dataset", "mix_at_snr", "power", "random_gain", "random_segment", "read_csv_manifest", "read_fsdd",
+    "read_speech_commands", "relabel_unknown", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
+    "to_mono_rate", "validate_manifest", "write_wav",
+]

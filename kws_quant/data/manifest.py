@@ -115,16 +115,16 @@ def _explicit_assignment(known: set[str], validation: Iterable[str], test: Itera
 def _hashed_assignment(files_per_speaker: dict[str, int], fractions: Sequence[float], seed: int) -> dict[str, str]:
     order = sorted(files_per_speaker, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
     total = sum(files_per_speaker.values())
-    needed_later = {"test": int(fractions[1] > 0) + int(fractions[0] > 0), "validation": int(fractions[0] > 0)}
+    ordered = (("test", fractions[2]), ("validation", fractions[1]), ("train", fractions[0]))
+    active = [(split, fraction) for split, fraction in ordered if fraction > 0]
     assignment, pos = {}, 0
-    for split, fraction in (("test", fractions[2]), ("validation", fractions[1])):
-        taken = 0
-        while fraction > 0 and pos < len(order) - needed_later[split] and (taken == 0 or taken < fraction * total):
+    for k, (split, fraction) in enumerate(active):
+        later = len(active) - 1 - k  # splits still to fill: one speaker is kept for each; the last takes the rest
+        stop, taken = len(order) - later, 0
+        while pos < stop and (later == 0 or taken == 0 or taken < fraction * total):
             assignment[order[pos]] = split
             taken += files_per_speaker[order[pos]]
             pos += 1
-    for speaker in order[pos:]:
-        assignment[speaker] = "train"
     return assignment
 
 

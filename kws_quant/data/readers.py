@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from kws_quant.data.manifest import COLUMNS, assign_speaker_splits, validate_manifest
@@ -17,7 +18,6 @@ from kws_quant.data.manifest import COLUMNS, assign_speaker_splits, validate_man
 BACKGROUND_NOISE_DIR = "_background_noise_"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _FSDD_NAME = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$", re.IGNORECASE)
-_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 def _require_dir(root: str, what: str) -> str:
@@ -148,6 +148,11 @@ def read_csv_manifest(
     if "split" not in manifest.columns:
         manifest = assign_speaker_splits(manifest, fractions, seed)
     manifest["split"] = manifest["split"].str.strip()
+    for column in manifest.columns.difference(COLUMNS):  # extra columns: numbers where they all parse
+        try:
+            manifest[column] = pd.to_numeric(manifest[column].replace("", np.nan))
+        except (ValueError, TypeError):
+            pass
     return _validate(manifest, label_names, source=csv_path, check_files=check_files)
 
 

@@ -78,15 +78,15 @@ class AugmentConfig:
     """What :func:`augment` does to each clip.
 
     Attributes:
-        noises: background noise waveforms at the clip's rate (each ``[samples]``); empty means coloured noise
-            (:func:`coloured_noise`, exponent uniform in [0, 2]).
+        noises: background noise waveforms at the clip's rate (each ``[samples]``; ``make_dataset`` also takes
+            file paths here); empty means coloured noise (:func:`coloured_noise`, exponent uniform in [0, 2]).
         noise_prob: probability of mixing in noise.
         snr_db: (low, high) SNR range in dB, drawn uniformly.
         gain_db: (low, high) gain range in dB, drawn uniformly.
         max_shift: largest time shift in samples; the shift is uniform in [-max_shift, max_shift].
     """
 
-    noises: Sequence[np.ndarray] = ()
+    noises: Sequence[np.ndarray | str] = ()
     noise_prob: float = 0.8
     snr_db: tuple[float, float] = (5.0, 25.0)
     gain_db: tuple[float, float] = (-6.0, 6.0)
