@@ -7,7 +7,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from kws_quant import layers, qat, quantizers  # noqa: E402
+from kws_quant import features, layers, qat, quantizers  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["layers", "qat", "quantizers", "__version__"]
+__all__ = ["features", "layers", "qat", "quantizers", "__version__"]

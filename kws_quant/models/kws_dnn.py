@@ -51,7 +51,8 @@ class KWSModelConfig:
 def build_kws_model(config: KWSModelConfig, num_classes: int, recipe="float", name: str = "kws") -> keras.Model:
     """Build the model. Input ``[batch, window_frames, n_mels]`` log-mel; output ``[batch, num_classes]`` logits.
 
-    Layer names (for recipe overrides): ``input_quant``, ``bn_in``, ``dense_in`` (first linear layer),
+    Layer names (for recipe overrides): ``bn_in`` (per-mel normalisation), ``input_quant``, ``dense_in`` (first
+    linear layer),
     ``dense_<i>``/``conv_<i>``, ``bn_<i>``, ``act_<i>``, ``dense_out``.
     """
     recipe = get_recipe(recipe)
@@ -63,20 +64,20 @@ def build_kws_model(config: KWSModelConfig, num_classes: int, recipe="float", na
         return {f"{k}_quantizer": spec_for(recipe, layer_name, v) for k, v in roles.items()}
 
     inp = keras.Input((config.window_frames, config.n_mels), name="logmel")
-    x = QuantActivation(name="input_quant", quantizer=spec_for(recipe, "input_quant", "input"))(inp)
+    # Learned per-mel-bin normalisation (CMVN), then the input quantizer: everything after it is integer-friendly.
+    x = QuantBatchNormalization(name="bn_in", **q("bn_in", gain="bn_gain", offset="bn_offset"))(inp)
+    x = QuantActivation(name="input_quant", quantizer=spec_for(recipe, "input_quant", "input"))(x)
     names = []
     if config.arch == "dnn":
         if config.pool > 1:
             x = keras.layers.AveragePooling1D(config.pool, name="pool")(x)
         x = keras.layers.Flatten(name="flatten")(x)
-        x = QuantBatchNormalization(name="bn_in", **q("bn_in", gain="bn_gain", offset="bn_offset"))(x)
         for i, width in enumerate(config.hidden):
             lname = "dense_in" if i == 0 else f"dense_{i}"
             x = QuantDense(width, use_bias=False, name=lname, **q(lname, kernel="kernel"))(x)
             x = _block_tail(x, i, recipe, q, config.dropout)
             names.append(lname)
     else:
-        x = QuantBatchNormalization(name="bn_in", **q("bn_in", gain="bn_gain", offset="bn_offset"))(x)
         for i, filters in enumerate(config.hidden):
             lname = "dense_in" if i == 0 else f"conv_{i}"
             x = QuantConv1D(filters, 5 if i == 0 else 3, strides=2, use_bias=False, name=lname,

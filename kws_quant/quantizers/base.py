@@ -138,5 +138,5 @@ def channel_vector(v) -> np.ndarray:
 
 
 def ste(x, x_q):
-    """Forward ``x_q``, backward identity with respect to ``x``."""
-    return x + ops.stop_gradient(x_q - x)
+    """Forward exactly ``x_q`` (``x - sg(x)`` is 0), backward identity with respect to ``x``."""
+    return ops.stop_gradient(x_q) + (x - ops.stop_gradient(x))

@@ -6,7 +6,7 @@ import tensorflow as tf
 from keras import ops
 
 from kws_quant.quantizers.base import (WEIGHT_ROLES, IntegerCodes, Quantizer, channel_vector, check_bits,
-                                       check_choice, reduce_axes)
+                                       check_choice, reduce_axes, ste)
 from kws_quant.quantizers.registry import register_quantizer
 
 _EPS = 1e-8
@@ -123,7 +123,7 @@ class LinearQuantizer(Quantizer):
         xc, _, _, _, x_q = self._grid(x, state)
         if not state["symmetric"]:
             return x_q  # the op carries its own masked straight-through gradient
-        return xc + ops.stop_gradient(x_q - xc)
+        return ste(xc, x_q)
 
     def codes(self, x, state=None) -> IntegerCodes:
         state = self._resolved(state)

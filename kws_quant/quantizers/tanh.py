@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from kws_quant.quantizers.base import (IntegerCodes, Quantizer, channel_vector, check_bits, check_choice,
-                                       reduce_axes)
+                                       reduce_axes, ste)
 from kws_quant.quantizers.registry import register_quantizer
 
 _TINY = 1e-12
@@ -75,7 +75,7 @@ class TanhQuantizer(Quantizer):
             t_q = 2.0 * n / levels - 1.0
         else:
             t_q = n / (2.0 ** (self.bits - 1) - 1.0)
-        return alpha * (t + ops.stop_gradient(t_q - t))
+        return alpha * ste(t, t_q)
 
     def codes(self, x, state=None) -> IntegerCodes:
         _, n, alpha = self._grid(ops.convert_to_tensor(x, "float32"))
