@@ -14,6 +14,7 @@ from kws_quant.models import KWSModelConfig, build_kws_model
 from kws_quant.training import RunDir, make_strategy, resumable_fit, transfer_weights
 
 FLOAT_PHASE = "float"
+SOURCES = ("synthetic", "fsdd", "speech_commands", "csv")
 
 
 @dataclasses.dataclass
@@ -35,6 +36,8 @@ def load_manifest(cfg: dict):
     """``(manifest, label_names, keyword_labels, noise_paths)`` for ``cfg["data"]``; clear errors on bad input."""
     d = cfg["data"]
     source, keywords = d["source"], [kd.keyword_label(k) for k in d["keywords"]]
+    if source not in SOURCES:
+        raise ValueError(f"config.data.source={source!r} is not allowed; allowed: {', '.join(SOURCES)}")
     noises = []
     if source == "synthetic":
         scfg = kd.SyntheticConfig(keywords=tuple(d["keywords"]), clip_seconds=d["clip_seconds"],
@@ -49,11 +52,8 @@ def load_manifest(cfg: dict):
             manifest = kd.read_fsdd(d["data_dir"], fractions=d["split_fractions"], seed=cfg["seed"], **split)
         elif source == "speech_commands":
             manifest, noises = kd.read_speech_commands(d["data_dir"], seed=cfg["seed"])
-        elif source == "csv":
-            manifest = kd.read_csv_manifest(d["data_dir"], fractions=d["split_fractions"], seed=cfg["seed"])
         else:
-            raise ValueError(f"config.data.source={source!r} is not allowed; "
-                             "allowed: synthetic, fsdd, speech_commands, csv")
+            manifest = kd.read_csv_manifest(d["data_dir"], fractions=d["split_fractions"], seed=cfg["seed"])
     present = set(manifest["label"])
     missing = [k for k in keywords if k not in present]
     if missing:

@@ -147,9 +147,11 @@ def read_history(csv_path: str) -> dict:
     """Per-epoch metrics from a CSVLogger file, keeping the last row of each epoch (resumes may repeat one)."""
     import pandas as pd
 
-    if not os.path.exists(csv_path):
+    try:  # a kill can leave a torn last line: skip it
+        df = pd.read_csv(csv_path, on_bad_lines="skip").dropna(subset=["epoch"])
+    except (FileNotFoundError, pd.errors.EmptyDataError):
         return {}
-    df = pd.read_csv(csv_path).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    df = df.drop_duplicates("epoch", keep="last").sort_values("epoch")
     return {c: df[c].tolist() for c in df.columns if c != "epoch"}
 
 

@@ -87,7 +87,8 @@ def read_fsdd(
     test_speakers: Iterable[str] | None = None,
     digit_words: bool = True,
 ) -> pd.DataFrame:
-    """Read Free Spoken Digit Dataset recordings ``root/{digit}_{speaker}_{index}.wav``.
+    """Read Free Spoken Digit Dataset recordings ``root/{digit}_{speaker}_{index}.wav`` (or ``root/recordings/…``,
+    the dataset repository's layout).
 
     Labels are the digit words ``"zero"..."nine"`` (the Speech Commands class names), or the digit characters
     ``"0"..."9"`` with ``digit_words=False``. Splits are speaker-disjoint: explicit ``validation_speakers`` /
@@ -95,6 +96,8 @@ def read_fsdd(
     Files not matching the naming pattern are ignored.
     """
     root = _require_dir(root, "FSDD root")
+    if not any(_FSDD_NAME.match(n) for n in os.listdir(root)) and os.path.isdir(os.path.join(root, "recordings")):
+        root = os.path.join(root, "recordings")  # the FSDD repository's layout
     rows = []
     for name in sorted(os.listdir(root)):
         match = _FSDD_NAME.match(name)

@@ -1,0 +1,169 @@
+"""The training script as a user runs it: resume after a kill, bad input, distribution, the run directory."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_args(tmp_path, *extra, float_epochs=2):
+    """A small synthetic run: few clips, a narrow model; the rendered audio is cached under ``tmp_path``."""
+    return [sys.executable, "-m", "kws_quant.train", f"--workdir={tmp_path / 'run'}", "--verbose=2",
+            f"--config.data.cache_dir={tmp_path / 'cache'}",
+            "--config.data.synthetic.clips_per_keyword=40", "--config.data.synthetic.unknown_clips=40",
+            "--config.data.synthetic.silence_clips=16", "--config.data.batch_size=16",
+            "--config.model.hidden=(24,24)", f"--config.train.float_epochs={float_epochs}",
+            "--config.train.stage1_epochs=1", "--config.train.stage2_epochs=1", *extra]
+
+
+def run(args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def history_epochs(path):
+    try:
+        return pd.read_csv(path)["epoch"].tolist()
+    except (FileNotFoundError, pd.errors.EmptyDataError, KeyError):  # not written yet, or being written
+        return []
+
+
+def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
+    args = tiny_args(tmp_path, float_epochs=40)
+    hist = tmp_path / "run" / "float" / "history.csv"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 400
+    while len(history_epochs(hist)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed:\n" + proc.stdout.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = set(history_epochs(hist))
+    assert len(done_before) >= 3 and not (tmp_path / "run" / "float" / "model.keras").exists()
+
+    out = run(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first_epoch = int(out.stdout.split("Epoch ")[1].split("/")[0])  # Keras counts from 1
+    assert first_epoch - 1 >= max(done_before)  # resumed after the last completed epoch, not from scratch
+    final = history_epochs(hist)
+    assert sorted(set(final)) == list(range(40))  # every epoch exactly once after de-duplication
+    metrics = json.load(open(tmp_path / "run" / "metrics.json"))
+    assert set(metrics) == {"float", "tanh4"} and metrics["tanh4"]["stage"] == 2
+    assert len(metrics["float"]["history"]["loss"]) == 40
+
+    again = run(args)  # a finished run is not retrained
+    assert again.returncode == 0 and "Epoch 1/" not in again.stdout
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    out = run(tiny_args(tmp_path, "--strategy=mirrored", "--cpu_devices=2", float_epochs=1))
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "run" / "metrics.json"))
+    assert 0.0 <= metrics["tanh4"]["test_accuracy"] <= 1.0
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["train"]["float_epochs"] == 1 and config["data"]["source"] == "synthetic"
+    for phase in ("float", "tanh4"):
+        assert (tmp_path / "run" / phase / "model.keras").exists()
+        assert os.listdir(tmp_path / "run" / phase / "tensorboard")
+    assert "| tanh4 |" in out.stdout and "Results in" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.train.float_epoch=3"], 'unknown config key in a --config.* override: \'float_epoch\' Did you mean '
+                                        '"float_epochs"'),
+    (["--config=configs/kws_fsdd.py", "--data_dir=/nonexistent/fsdd"],
+     "error: FSDD root: directory does not exist: /nonexistent/fsdd"),
+    (["--config=configs/kws_fsdd.py"], "config.data.source='fsdd' needs a dataset: pass --data_dir"),
+    (["--config=configs/does_not_exist.py"], "cannot load the --config file"),
+    (["--config.data.source=tape"], "config.data.source='tape' is not allowed; allowed: synthetic, fsdd"),
+])
+def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
+    out = run([sys.executable, "-m", "kws_quant.train", f"--workdir={tmp_path / 'run'}", *args], timeout=120)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_changed_config_in_same_workdir_is_refused(tmp_path):
+    from kws_quant.training import RunDir
+
+    run_dir = RunDir(str(tmp_path / "r"))
+    run_dir.save_config({"train": {"float_epochs": 2}, "name": "x"})
+    with pytest.raises(ValueError, match=r"started with a different config \(differs in: train.float_epochs\)"):
+        run_dir.save_config({"train": {"float_epochs": 3}, "name": "x"})
+
+
+# -- bad audio in a user's dataset --------------------------------------------------------------------------
+def _digit_tree(root, rng):
+    """An FSDD-style folder of synthetic spoken digits from three speakers, plus odd formats."""
+    from kws_quant.data import synthesize
+
+    voices = {"alice": "en-us", "bob": "en-gb-x-rp", "carol": "en-us+f3"}
+    for speaker, voice in voices.items():
+        for digit, word in enumerate(["zero", "one"]):
+            for i in range(3):
+                audio = synthesize(word, voice=voice, rate=150 + 20 * i)
+                sf.write(root / f"{digit}_{speaker}_{i}.wav", audio, 16000)
+    # converted, not rejected: stereo at 44.1 kHz, mono at 8 kHz
+    tone = np.sin(np.linspace(0, 800, 44100)).astype(np.float32) * 0.3
+    sf.write(root / "0_alice_7.wav", np.stack([tone, tone * 0.5], 1), 44100)
+    sf.write(root / "1_bob_7.wav", tone[:8000], 8000)
+
+
+def _fsdd_cfg(root, **data):
+    from kws_quant.config_defaults import kws_config
+
+    cfg = kws_config().to_dict()
+    cfg["data"].update({"source": "fsdd", "data_dir": str(root), "keywords": ("zero", "one"),
+                        "validation_speakers": ("bob",), "test_speakers": ("carol",), "augment": False, **data})
+    return cfg
+
+
+def _train_clips(data):
+    return sum(int(y.shape[0]) for _, y in data.train)
+
+
+def test_stereo_and_odd_rates_are_converted(tmp_path):
+    from kws_quant.kws_experiment import prepare_data
+
+    _digit_tree(tmp_path, np.random.default_rng(0))
+    data = prepare_data(_fsdd_cfg(tmp_path))
+    assert _train_clips(data) == 7  # alice's 6 + her stereo 44.1 kHz file
+    x, _ = next(iter(data.validation))
+    assert x.shape[1:] == (98, 40) and np.all(np.isfinite(x.numpy()))
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("0_alice_8.wav", b"", "empty"),
+    ("0_alice_8.wav", b"RIFF\x00\x01\x00\x00WAVEfmt garbage" * 3, "alice_8"),
+    ("1_alice_8.wav", b"%PDF-1.4 this is not audio at all", "alice_8"),
+])
+def test_bad_audio_names_the_file_or_is_skipped(tmp_path, capsys, name, content, reason):
+    from kws_quant.kws_experiment import prepare_data
+
+    _digit_tree(tmp_path, np.random.default_rng(0))
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        _train_clips(prepare_data(_fsdd_cfg(tmp_path)))
+    assert name in str(err.value)
+    data = prepare_data(_fsdd_cfg(tmp_path), skip_bad_files=True)
+    assert _train_clips(data) == 7
+    printed = capsys.readouterr()
+    assert name in printed.out + printed.err
+
+
+def test_keyword_not_in_the_data_is_named(tmp_path):
+    from kws_quant.kws_experiment import load_manifest
+
+    _digit_tree(tmp_path, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"keyword label\(s\) \['eleven'\] from config.data.keywords have no clips"):
+        load_manifest(_fsdd_cfg(tmp_path, keywords=("zero", "eleven")))
