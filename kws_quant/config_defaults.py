@@ -14,12 +14,14 @@ def kws_config() -> ml_collections.ConfigDict:
     c.data.validation_speakers = ()        # explicit speaker-disjoint split (fsdd/csv); empty: by fractions
     c.data.test_speakers = ()
     c.data.split_fractions = (0.8, 0.1, 0.1)
+    c.data.validation_fraction = 0.0       # > 0: validation from train speakers' clips (few-speaker corpora)
     c.data.clip_seconds = 1.0
     c.data.batch_size = 64
     c.data.augment = True
     c.data.snr_db = (5.0, 25.0)
     c.data.gain_db = (-6.0, 6.0)
     c.data.max_shift_seconds = 0.1
+    c.data.speed = (1.0, 1.0)              # speed-perturbation range, e.g. (0.9, 1.1)
     c.data.cache_dir = ""                  # synthetic audio cache; empty: ~/.cache/kws_quant/synthetic
     c.data.synthetic = ml_collections.ConfigDict(dict(
         clips_per_keyword=800, unknown_clips=1200, silence_clips=300, seed=0))

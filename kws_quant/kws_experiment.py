@@ -60,9 +60,31 @@ def load_manifest(cfg: dict):
         raise ValueError(f"keyword label(s) {missing} from config.data.keywords have no clips in the "
                          f"{source} data ({d['data_dir'] or 'synthetic corpus'}); labels found: "
                          f"{', '.join(sorted(present)[:20])}")
-    manifest = kd.relabel_unknown(manifest, keep=keywords + [kd.SILENCE_LABEL])
+    manifest = kd.relabel_unknown(hold_out_validation(manifest, d["validation_fraction"], cfg["seed"]),
+                                  keep=keywords + [kd.SILENCE_LABEL])
     extra = [name for name in (kd.SILENCE_LABEL, kd.UNKNOWN_LABEL) if name in set(manifest["label"])]
     return manifest, extra + keywords, keywords, noises
+
+
+def hold_out_validation(manifest, fraction: float, seed: int):
+    """Move ``fraction`` of each label's train clips to validation when the split has no validation speakers.
+
+    For corpora with too few speakers to spare one for validation (FSDD has four). Validation is then not
+    speaker-disjoint from train; test stays speaker-disjoint.
+    """
+    if not fraction:
+        return manifest
+    if not 0 < fraction < 1:
+        raise ValueError(f"config.data.validation_fraction={fraction} must be in [0, 1)")
+    if (manifest["split"] == "validation").any():
+        raise ValueError("config.data.validation_fraction needs a split without validation speakers; "
+                         "set config.data.validation_speakers=() or validation_fraction=0")
+    manifest = manifest.copy()
+    rng = np.random.default_rng(seed)
+    for _, rows in manifest[manifest["split"] == "train"].groupby("label"):
+        take = rng.permutation(rows.index.to_numpy())[:int(round(fraction * len(rows)))]
+        manifest.loc[take, "split"] = "validation"
+    return manifest
 
 
 def prepare_data(cfg: dict, skip_bad_files: bool = False) -> KWSData:
@@ -71,7 +93,8 @@ def prepare_data(cfg: dict, skip_bad_files: bool = False) -> KWSData:
     feats = FeatureConfig(**cfg["features"])
     window = feats.num_frames(int(round(d["clip_seconds"] * feats.sample_rate)))
     augment = kd.AugmentConfig(noises=tuple(noises), snr_db=tuple(d["snr_db"]), gain_db=tuple(d["gain_db"]),
-                               max_shift=int(d["max_shift_seconds"] * feats.sample_rate)) if d["augment"] else None
+                               max_shift=int(d["max_shift_seconds"] * feats.sample_rate),
+                               speed=tuple(d["speed"])) if d["augment"] else None
     common = dict(label_names=label_names, feature_cfg=feats, clip_seconds=d["clip_seconds"],
                   batch_size=d["batch_size"], seed=cfg["seed"], skip_bad_files=skip_bad_files)
     train = kd.make_dataset(manifest, "train", augment=augment, **common)

@@ -422,3 +422,16 @@ def test_make_dataset_on_real_recordings():
     x, y = batches(make_dataset(manifest, "test", labels, batch_size=64))[0]
     assert x.shape == (20, 98, 40) and set(y) == set(range(10))
     assert np.isfinite(x).all() and x.max() > np.log(FeatureConfig().log_floor) + 5
+
+
+def test_speed_perturb_changes_tempo_and_keeps_length():
+    from kws_quant.data import speed_perturb
+
+    x = np.sin(2 * np.pi * 100 * np.arange(8000) / 8000).astype(np.float32)  # 100 Hz for 1 s
+    fast = speed_perturb(x, 1.25)
+    slow = speed_perturb(x, 0.8)
+    assert fast.shape == slow.shape == x.shape and fast.dtype == np.float32
+    # zero crossings scale with the speed factor (100 Hz → 125 Hz over the kept samples)
+    crossings = lambda y: np.count_nonzero(np.diff(np.signbit(y[1000:7000])))
+    assert abs(crossings(fast) / crossings(x) - 1.25) < 0.02 and abs(crossings(slow) / crossings(x) - 0.8) < 0.02
+    np.testing.assert_array_equal(speed_perturb(x, 1.0), x)

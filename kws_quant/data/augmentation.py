@@ -84,6 +84,8 @@ class AugmentConfig:
         snr_db: (low, high) SNR range in dB, drawn uniformly.
         gain_db: (low, high) gain range in dB, drawn uniformly.
         max_shift: largest time shift in samples; the shift is uniform in [-max_shift, max_shift].
+        speed: (low, high) speed-perturbation factor range (Kaldi-style: resampling changes tempo and pitch
+            together); (1, 1) disables it.
     """
 
     noises: Sequence[np.ndarray | str] = ()
@@ -91,11 +93,28 @@ class AugmentConfig:
     snr_db: tuple[float, float] = (5.0, 25.0)
     gain_db: tuple[float, float] = (-6.0, 6.0)
     max_shift: int = 1600
+    speed: tuple[float, float] = (1.0, 1.0)
+
+
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``x`` ``factor`` times faster (linear interpolation), then zero-pad or centre-crop to its length."""
+    n = x.shape[0]
+    if factor == 1.0 or n < 2:
+        return x
+    out = np.interp(np.arange(0.0, n - 1, factor), np.arange(n), x).astype(np.float32)
+    if out.shape[0] >= n:
+        start = (out.shape[0] - n) // 2
+        return out[start:start + n]
+    pad = n - out.shape[0]
+    return np.pad(out, (pad // 2, pad - pad // 2))
 
 
 def augment(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Time shift, then gain, then (with ``cfg.noise_prob``) noise at a random SNR. float32, same length."""
-    x = time_shift(np.asarray(x, dtype=np.float32), int(rng.integers(-cfg.max_shift, cfg.max_shift + 1)))
+    """Speed, time shift, then gain, then (with ``cfg.noise_prob``) noise at a random SNR. float32, same length."""
+    x = np.asarray(x, dtype=np.float32)
+    if cfg.speed != (1.0, 1.0):
+        x = speed_perturb(x, rng.uniform(*cfg.speed))
+    x = time_shift(x, int(rng.integers(-cfg.max_shift, cfg.max_shift + 1)))
     x = random_gain(x, cfg.gain_db, rng)
     if rng.random() < cfg.noise_prob:
         if len(cfg.noises):
