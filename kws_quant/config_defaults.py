@@ -39,6 +39,9 @@ def kws_config() -> ml_collections.ConfigDict:
     c.train.qat_learning_rate = 5e-4
     c.train.qat_init_from_float = True     # start QAT from the float model's weights
 
+    c.report = ml_collections.ConfigDict(dict(  # eval.report at the end of the run: streaming DET + memory
+        enabled=True, negative_hours=0.5, hop_frames=2, n_boot=200))
+
     c.qat = ml_collections.ConfigDict()
     c.qat.recipes = ("tanh4",)             # kws_quant.models.recipes presets, one QAT model each
     return c

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import keras
 import numpy as np
@@ -11,7 +12,7 @@ from kws_quant import data as kd
 from kws_quant import qat
 from kws_quant.features import FeatureConfig
 from kws_quant.models import KWSModelConfig, build_kws_model
-from kws_quant.training import RunDir, make_strategy, resumable_fit, transfer_weights
+from kws_quant.training import RunDir, make_strategy, resumable_fit, transfer_weights, write_json
 
 FLOAT_PHASE = "float"
 SOURCES = ("synthetic", "fsdd", "speech_commands", "csv")
@@ -148,6 +149,7 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: KWSData, strat
         model = build_model(cfg, data, recipe)
         compile_model(model, t["learning_rate"] if is_float else t["qat_learning_rate"],
                       epochs * data.steps_per_epoch)
+    write_json(os.path.join(run.phase(phase), "labels.json"), data.label_names)  # the report checks label sets
     if init is not None:
         transfer_weights(init, model)
     callbacks = [] if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=t["stage1_epochs"],
@@ -172,6 +174,15 @@ def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool
     for recipe in cfg["qat"]["recipes"]:
         init = float_model if cfg["train"]["qat_init_from_float"] else None
         train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
+    if cfg["report"]["enabled"]:
+        from eval.kws_streams import StreamConfig
+        from eval.report import report_run
+
+        r = cfg["report"]
+        paths = report_run(workdir, stream_cfg=StreamConfig(negative_hours=r["negative_hours"],
+                                                            hop_frames=r["hop_frames"], seed=cfg["seed"]),
+                           n_boot=r["n_boot"], skip_bad_files=skip_bad_files)
+        print(f"\nreport: {paths['md']}")
     return run_dir.load_metrics()
 
 

@@ -110,6 +110,14 @@ class RunDir:
         return metrics
 
 
+def merged(base: dict, override: dict) -> dict:
+    """``base`` updated recursively with ``override`` (new dicts; neither input changes)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def _flatten(d, prefix=""):
     out = {}
     for k, v in (d or {}).items():

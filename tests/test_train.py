@@ -21,7 +21,8 @@ def tiny_args(tmp_path, *extra, float_epochs=2):
             "--config.data.synthetic.clips_per_keyword=40", "--config.data.synthetic.unknown_clips=40",
             "--config.data.synthetic.silence_clips=16", "--config.data.batch_size=16",
             "--config.model.hidden=(24,24)", f"--config.train.float_epochs={float_epochs}",
-            "--config.train.stage1_epochs=1", "--config.train.stage2_epochs=1", *extra]
+            "--config.train.stage1_epochs=1", "--config.train.stage2_epochs=1",
+            "--config.report.negative_hours=0.01", "--config.report.n_boot=10", *extra]
 
 
 def run(args, timeout=600):
@@ -37,7 +38,7 @@ def history_epochs(path):
 
 
 def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
-    args = tiny_args(tmp_path, float_epochs=40)
+    args = tiny_args(tmp_path, "--config.report.enabled=False", float_epochs=40)
     hist = tmp_path / "run" / "float" / "history.csv"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -76,6 +77,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         assert (tmp_path / "run" / phase / "model.keras").exists()
         assert os.listdir(tmp_path / "run" / phase / "tensorboard")
     assert "| tanh4 |" in out.stdout and "Results in" in out.stdout
+    assert (tmp_path / "run" / "report" / "report.md").exists() and "report: " in out.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,166 @@
+"""Long test streams for streaming KWS evaluation, and model scores over them.
+
+Streams are built from a split's clips (never seen in training): speech clips placed one after another with random
+gaps, over a continuous background-noise bed, so keyword occurrences have known times. Every stream mixes keyword
+and non-keyword clips; for keyword ``k``, the audio without ``k`` is the false-alarm denominator
+(``eval.det.evaluate_keywords`` with ``fa_in_positive_streams=True``). Optional negative-only streams add audio
+with no keyword at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from eval.streaming import Stream
+from kws_quant.data import coloured_noise, load_audio, mix_at_snr, speed_perturb
+from kws_quant.features import FeatureConfig, logmel_tf, mel_matrix
+from kws_quant.models import StreamingRunner
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    """How test streams are built and scored.
+
+    Attributes:
+        stream_seconds: target length of each stream, seconds.
+        negative_hours: extra audio with no keyword, hours: held-out non-keyword clips drawn with replacement,
+            each with a random gain (±6 dB) and speed (0.9–1.1), so false accepts per hour have a resolution of
+            about ``1 / (negative_hours + positive hours)``.
+        gap_seconds: (low, high) silence between clips, seconds.
+        snr_db: background noise level relative to the speech, dB.
+        hop_frames: feature frames between model evaluations (2 = every 20 ms at a 10 ms hop).
+        smoothing_s: causal moving average of posteriors, seconds.
+        refractory_s: no second detection within this time, seconds.
+        tolerance_s: a detection up to this long after a keyword clip ends still counts, seconds (the model fires
+            when its window has seen the whole keyword).
+        seed: everything random derives from it.
+    """
+
+    stream_seconds: float = 60.0
+    negative_hours: float = 1.0
+    gap_seconds: tuple = (0.2, 1.5)
+    snr_db: float = 20.0
+    hop_frames: int = 2
+    smoothing_s: float = 0.1
+    refractory_s: float = 1.0
+    tolerance_s: float = 0.5
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class AudioStream:
+    """One stream: ``audio [samples]`` at ``sample_rate`` and its keyword occurrences ``(start_s, end_s, label)``."""
+
+    audio: np.ndarray
+    sample_rate: int
+    events: list
+
+
+def build_streams(manifest, split: str, keyword_labels, sample_rate: int, cfg: StreamConfig = StreamConfig(),
+                  skip_bad_files: bool = False) -> list[AudioStream]:
+    """Concatenate the ``split``'s clips into streams of about ``cfg.stream_seconds``. Deterministic for a seed."""
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise ValueError(f"no clips in the {split!r} split to build test streams from")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(rows))
+    streams, pieces, events, t = [], [], [], 0.0
+    for i in order:
+        path, label = rows["path"].iloc[i], rows["label"].iloc[i]
+        try:
+            clip = _trim(load_audio(path, sample_rate))
+        except ValueError:
+            if skip_bad_files:
+                continue
+            raise
+        gap = np.zeros(int(rng.uniform(*cfg.gap_seconds) * sample_rate), np.float32)
+        pieces += [gap, clip]
+        start = t + len(gap) / sample_rate
+        t = start + len(clip) / sample_rate
+        if label in keyword_labels:
+            events.append((start, t, label))
+        if t >= cfg.stream_seconds:
+            streams.append(_finish(pieces, events, sample_rate, cfg, rng))
+            pieces, events, t = [], [], 0.0
+    if pieces:
+        streams.append(_finish(pieces, events, sample_rate, cfg, rng))
+    negatives = rows[~rows["label"].isin(keyword_labels)]
+    if cfg.negative_hours > 0 and negatives.empty:
+        raise ValueError(f"negative_hours={cfg.negative_hours} but the {split!r} split has no non-keyword clips")
+    return streams + _negative_streams(negatives, sample_rate, cfg, rng, skip_bad_files)
+
+
+def _negative_streams(rows, sample_rate, cfg, rng, skip_bad_files) -> list[AudioStream]:
+    """Streams of non-keyword clips (with replacement, perturbed) totalling ``cfg.negative_hours``."""
+    clips = {}
+    streams, pieces, t, total = [], [], 0.0, 0.0
+    while total + t < cfg.negative_hours * 3600:
+        path = rows["path"].iloc[int(rng.integers(len(rows)))]
+        if path not in clips:
+            try:
+                clips[path] = _trim(load_audio(path, sample_rate))
+            except ValueError:
+                if not skip_bad_files:
+                    raise
+                clips[path] = None
+        if clips[path] is None:
+            continue
+        clip = speed_perturb(clips[path], rng.uniform(0.9, 1.1)) * np.float32(10 ** (rng.uniform(-6, 6) / 20))
+        gap = np.zeros(int(rng.uniform(*cfg.gap_seconds) * sample_rate), np.float32)
+        pieces += [gap, clip]
+        t += (len(gap) + len(clip)) / sample_rate
+        if t >= cfg.stream_seconds:
+            streams.append(_finish(pieces, [], sample_rate, cfg, rng))
+            pieces, total, t = [], total + t, 0.0
+    if pieces:
+        streams.append(_finish(pieces, [], sample_rate, cfg, rng))
+    return streams
+
+
+def _trim(clip: np.ndarray, top_db: float = 40.0) -> np.ndarray:
+    """Drop leading/trailing near-silence so event times are the speech's (noise-only clips are kept whole)."""
+    energy = np.abs(clip)
+    peak = energy.max(initial=0.0)
+    if peak == 0:
+        return clip
+    voiced = np.flatnonzero(energy > peak * 10 ** (-top_db / 20))
+    return clip[voiced[0]:voiced[-1] + 1]
+
+
+def _finish(pieces, events, sample_rate, cfg, rng) -> AudioStream:
+    tail = np.zeros(int(cfg.tolerance_s * sample_rate) + sample_rate // 2, np.float32)
+    audio = np.concatenate(pieces + [tail])
+    if np.any(audio):
+        audio = mix_at_snr(audio, coloured_noise(len(audio), rng.uniform(0.0, 2.0), rng), cfg.snr_db)
+    return AudioStream(audio.astype(np.float32), sample_rate, list(events))
+
+
+class StreamScorer:
+    """Features + model over whole streams: ``scores`` returns an ``eval.streaming.Stream`` per audio stream.
+
+    The feature sequence is front-padded with ``window - 1`` frames of the stream's own quietest level so that
+    window ``i`` ends at frame ``i * hop``: scores are then at ``i * hop_s`` seconds, ``hop_s = hop_frames ·
+    feature hop``.
+    """
+
+    def __init__(self, model, features: FeatureConfig, label_names, cfg: StreamConfig = StreamConfig(),
+                 batch_size: int = 2048):
+        self.features, self.cfg, self.label_names = features, cfg, list(label_names)
+        if model.output_shape[-1] != len(self.label_names):
+            raise ValueError(f"model {model.name!r} has {model.output_shape[-1]} outputs but the label set has "
+                             f"{len(self.label_names)}: {self.label_names}")
+        self.runner = StreamingRunner(model, hop_frames=cfg.hop_frames, batch_size=batch_size)
+        self.hop_s = cfg.hop_frames * features.hop_length / features.sample_rate
+        self._mel = tf.constant(mel_matrix(features).T)
+
+    def logmel(self, audio: np.ndarray) -> np.ndarray:
+        """``[frames, n_mels]`` log-mel of a whole stream (the same ``tf.signal`` front end as training)."""
+        return logmel_tf(tf.constant(audio, tf.float32), self.features, self._mel).numpy()
+
+    def scores(self, stream: AudioStream, stream_id=None) -> Stream:
+        feats = self.logmel(stream.audio)
+        pad = np.full((self.runner.window - 1, feats.shape[1]), feats.min(), np.float32)
+        posteriors = self.runner.posteriors(np.concatenate([pad, feats]))
+        return Stream(np.clip(posteriors, 0.0, 1.0), events=tuple(stream.events), stream_id=stream_id)

@@ -1,0 +1,317 @@
+r"""Compare trained KWS models on one page: streaming DET curves, operating points, memory projections.
+
+    python -m eval.report --run_dir=runs/kws_synthetic                 # every phase of a training run
+    python -m eval.report --run_dir=runs/kws_fsdd --models=float,tanh4 --out=docs/report_fsdd
+
+Writes ``report.md``, ``report.html``, CSV tables (``operating_points.csv``, ``det_<model>.csv``, ``memory.csv``)
+and PNG plots (``det.png``, ``memory.png``) to ``--out`` (default ``<run_dir>/report``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_FA_TARGETS = (1.0, 2.0, 5.0)
+PRESETS = (("arm-neon", None), ("arm-neon", True), ("nna-5bit", None), ("nna-1bit", None))
+
+
+def default_thresholds() -> np.ndarray:
+    """A grid dense near 1, where saturated softmax posteriors operate: 101 linear steps plus 1 - 10^-7 … 1 - 10^-1
+    (float32 posteriors resolve steps of about 6e-8 below 1)."""
+    return np.unique(np.round(np.concatenate([np.linspace(0, 1, 101), 1 - np.logspace(-7, -1, 61)]), 10))
+
+
+@dataclasses.dataclass
+class ModelResult:
+    name: str
+    curves: dict          # keyword -> eval.det.DetCurve
+    points: pd.DataFrame  # one row per keyword × FA/h target (with bootstrap CI)
+    memory: pd.DataFrame  # summary per preset
+    scan_seconds: float
+
+
+def load_run(run_dir: str, names=None) -> tuple[dict, dict]:
+    """``(config, {phase: model path})`` of a training run directory; raises naming what is missing."""
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{run_dir} is not a kws_quant run directory: no config.json")
+    from kws_quant.config_defaults import kws_config
+    from kws_quant.training import merged
+
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = merged(kws_config().to_dict(), json.load(f))  # keys added since the run keep their defaults
+    phases = ["float", *cfg["qat"]["recipes"]] if names is None else list(names)
+    paths = {p: os.path.join(run_dir, p, "model.keras") for p in phases}
+    missing = [p for p, path in paths.items() if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"no trained model for {missing} in {run_dir} (expected <phase>/model.keras)")
+    return cfg, paths
+
+
+def load_kws_model(path: str, window: int, n_mels: int, num_classes: int):
+    """Load a ``.keras`` file and check it is a KWS model for these features and labels."""
+    import keras
+
+    import kws_quant  # noqa: F401  (registers the layers)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file does not exist: {path}")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as e:  # noqa: BLE001 — any load failure means "not a model we can read"
+        raise ValueError(f"{path} is not a Keras model file: {type(e).__name__}: {e}") from None
+    shape_in, shape_out = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if shape_in != (window, n_mels) or shape_out != num_classes:
+        raise ValueError(f"{path} is not a KWS model for this run: input {shape_in}, {shape_out} outputs; "
+                         f"expected input {(window, n_mels)} and {num_classes} outputs")
+    return model
+
+
+def evaluate_model(name, model, streams, features, label_names, keyword_labels, stream_cfg, thresholds,
+                   fa_targets=DEFAULT_FA_TARGETS, n_boot: int = 200) -> ModelResult:
+    """Score every stream with ``model`` and compute its DET curves, operating points and memory."""
+    from eval.det import evaluate_keywords
+    from eval.kws_streams import StreamScorer
+    from eval.memory import project_memory
+
+    scorer = StreamScorer(model, features, label_names, stream_cfg)
+    start = time.perf_counter()
+    scored = [scorer.scores(s, stream_id=f"stream{i}") for i, s in enumerate(streams)]
+    scan = time.perf_counter() - start
+    counts = evaluate_keywords(scored, thresholds, hop_s=scorer.hop_s, keywords=keyword_labels,
+                               keyword_names=label_names, smoothing_s=stream_cfg.smoothing_s,
+                               refractory_s=stream_cfg.refractory_s, tolerance_s=stream_cfg.tolerance_s,
+                               fa_in_positive_streams=True)
+    curves = {k: c.curve() for k, c in counts.items()}
+    rows = []
+    for k, c in counts.items():
+        ci = c.bootstrap(fa_targets=fa_targets, n_boot=n_boot, seed=stream_cfg.seed)
+        for _, r in ci.iterrows():
+            rows.append({"model": name, "keyword": k, "fa_per_hour": r["target"], "frr": r["estimate"],
+                         "ci_low": r["ci_low"], "ci_high": r["ci_high"], "status": r["status"]})
+    memory = pd.DataFrame([{"model": name, "preset": p + ("+packed" if packed else ""),
+                            **{k: v for k, v in project_memory(model, p, packed=packed).attrs["summary"].items()
+                               if k in ("param_bytes", "peak_activation_bytes", "stream_buffer_bytes",
+                                        "total_bytes", "vs_float32")}} for p, packed in PRESETS])
+    return ModelResult(name, curves, pd.DataFrame(rows), memory, scan)
+
+
+def relative_to_float(points: pd.DataFrame, reference: str = "float") -> pd.DataFrame:
+    """Add ``frr_rel_change`` = (FRR − FRR_ref) / FRR_ref per keyword and FA/h target (NaN where FRR_ref = 0)."""
+    ref = points[points["model"] == reference].set_index(["keyword", "fa_per_hour"])["frr"]
+    key = list(zip(points["keyword"], points["fa_per_hour"]))
+    base = np.array([ref.get(k, np.nan) for k in key], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(base > 0, (points["frr"].to_numpy(float) - base) / base, np.nan)
+    return points.assign(frr_rel_change=rel)
+
+
+def plot_det(results, path: str, keywords) -> None:
+    """FRR (%) against false accepts per hour (log scale), one line per model, one panel per keyword."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(keywords)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
+    for ax, kw in zip(axes[0], keywords):
+        for r in results:
+            env = r.curves[kw].envelope()
+            fa = np.maximum(env["fa_per_hour"].to_numpy(float), 1e-2)  # FA/h = 0 drawn at the axis floor
+            ax.step(fa, 100 * env["frr"].to_numpy(float), where="post", label=r.name, linewidth=1.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("false accepts per hour (log scale)")
+        ax.set_ylabel("false rejection rate (%)")
+        ax.set_title(f"DET: {kw}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(title="model")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_memory(memory: pd.DataFrame, path: str) -> None:
+    """Grouped bars: weight storage (KiB) per model and preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = memory.pivot(index="model", columns="preset", values="param_bytes") / 1024
+    table = table.loc[memory["model"].unique()]
+    ax = table.plot.bar(figsize=(8, 4.2), rot=0, width=0.8)
+    ax.set_ylabel("weight storage (KiB)")
+    ax.set_xlabel("model")
+    ax.set_title("Memory projection per deployment preset")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(title="preset")
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=120)
+    plt.close(ax.figure)
+
+
+def _md(df: pd.DataFrame, floatfmt=".4g") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Macro average over keywords: model × FA/h → FRR, relative change vs float, CI."""
+    agg = points.groupby(["model", "fa_per_hour"], sort=False).agg(
+        frr=("frr", "mean"), frr_rel_change=("frr_rel_change", "mean"), ci_low=("ci_low", "mean"),
+        ci_high=("ci_high", "mean")).reset_index()
+    return agg
+
+
+def write_report(results, out_dir: str, *, title: str, command: str, streams_info: dict,
+                 clip_metrics: dict | None = None) -> dict:
+    """Write report.md/.html, CSVs and PNGs to ``out_dir``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    points = relative_to_float(pd.concat([r.points for r in results], ignore_index=True),
+                               reference=results[0].name)
+    memory = pd.concat([r.memory for r in results], ignore_index=True)
+    keywords = list(results[0].curves)
+    paths = {"md": os.path.join(out_dir, "report.md"), "html": os.path.join(out_dir, "report.html"),
+             "points": os.path.join(out_dir, "operating_points.csv"), "memory": os.path.join(out_dir, "memory.csv"),
+             "det_png": os.path.join(out_dir, "det.png"), "memory_png": os.path.join(out_dir, "memory.png")}
+    points.to_csv(paths["points"], index=False)
+    memory.to_csv(paths["memory"], index=False)
+    for r in results:
+        pd.concat([c.to_frame().assign(keyword=k) for k, c in r.curves.items()]).to_csv(
+            os.path.join(out_dir, f"det_{r.name}.csv"), index=False)
+    plot_det(results, paths["det_png"], keywords[:4])
+    plot_memory(memory, paths["memory_png"])
+
+    summary = summary_table(points)
+    clip = pd.DataFrame([{"model": r.name, **{k: (clip_metrics or {}).get(r.name, {}).get(k, np.nan)
+                                             for k in ("test_accuracy", "test_clips")},
+                          "scan_seconds": r.scan_seconds} for r in results])
+    md = [f"# {title}", "", f"Generated by `{command}`.", "",
+          f"Test streams: {streams_info['streams']} streams, {streams_info['hours']:.3f} h of audio, "
+          f"{streams_info['occurrences']} keyword occurrences ({', '.join(keywords)}), built from the "
+          f"{streams_info['split']!r} split (clips never seen in training) with {streams_info['snr_db']} dB "
+          f"background noise; model evaluated every {streams_info['hop_s'] * 1000:.0f} ms, posteriors smoothed "
+          f"over {streams_info['smoothing_s']} s, refractory {streams_info['refractory_s']} s.", "",
+          "## DET curves", "", "![DET curves](det.png)", "",
+          f"## Operating points (FRR at fixed false accepts per hour{', mean over keywords' if len(keywords) > 1 else ''})",
+          "", "`frr_rel_change`: relative FRR change against the first model "
+          f"(`{results[0].name}`); CI: {int(100 * 0.95)} % bootstrap over streams.", "",
+          _md(summary), "", "Per keyword: `operating_points.csv`; full curves: `det_<model>.csv`.", "",
+          "## Memory projections", "", "![memory](memory.png)", "", _md(memory, ".5g"), "",
+          "## Clip-level test accuracy and scan time", "", _md(clip, ".4f"), ""]
+    with open(paths["md"], "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    html = ["<!doctype html><html><head><meta charset='utf-8'><title>" + title + "</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>",
+            f"<h1>{title}</h1><p>Generated by <code>{command}</code>.</p>", "<h2>DET curves</h2>",
+            "<img src='det.png' alt='DET curves'>", "<h2>Operating points</h2>",
+            summary.to_html(index=False, float_format="%.4g"), "<h2>Memory projections</h2>",
+            "<img src='memory.png' alt='memory'>", memory.to_html(index=False, float_format="%.5g"),
+            "<h2>Clip-level test accuracy</h2>", clip.to_html(index=False, float_format="%.4f"), "</body></html>"]
+    with open(paths["html"], "w", encoding="utf-8") as f:
+        f.write("\n".join(html))
+    return paths
+
+
+def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=None, thresholds=None,
+               fa_targets=DEFAULT_FA_TARGETS, n_boot: int = 200, command: str = "", skip_bad_files=False) -> dict:
+    """Build the test streams of a run's data and report every (or the named) trained model of it."""
+    from eval.kws_streams import StreamConfig, build_streams
+    from eval.streaming import validate_thresholds
+    from kws_quant.features import FeatureConfig
+    from kws_quant.kws_experiment import load_manifest
+
+    cfg, paths = load_run(run_dir, names)
+    thresholds = validate_thresholds(default_thresholds() if thresholds is None else thresholds)
+    stream_cfg = stream_cfg or StreamConfig(seed=cfg["seed"])
+    manifest, label_names, keyword_labels, _ = load_manifest(cfg)
+    features = FeatureConfig(**cfg["features"])
+    window = features.num_frames(int(round(cfg["data"]["clip_seconds"] * features.sample_rate)))
+    streams = build_streams(manifest, "test", keyword_labels, features.sample_rate, stream_cfg, skip_bad_files)
+    occurrences = sum(len(s.events) for s in streams)
+    if occurrences == 0:
+        raise ValueError("the test split has no keyword clips: nothing to detect")
+    results = []
+    for name, path in paths.items():
+        labels_path = os.path.join(os.path.dirname(path), "labels.json")
+        if os.path.isfile(labels_path):
+            with open(labels_path, encoding="utf-8") as f:
+                saved = json.load(f)
+            if saved != label_names:
+                raise ValueError(f"model {name!r} was trained on labels {saved}, the other models and the data "
+                                 f"have {label_names}: mismatched label sets")
+        model = load_kws_model(path, window, features.n_mels, len(label_names))
+        results.append(evaluate_model(name, model, streams, features, label_names, keyword_labels, stream_cfg,
+                                      thresholds, fa_targets, n_boot))
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    clip = json.load(open(metrics_path, encoding="utf-8")) if os.path.isfile(metrics_path) else {}
+    info = {"streams": len(streams), "hours": sum(len(s.audio) / s.sample_rate for s in streams) / 3600,
+            "occurrences": occurrences, "split": "test", "snr_db": stream_cfg.snr_db,
+            "hop_s": stream_cfg.hop_frames * features.hop_length / features.sample_rate,
+            "smoothing_s": stream_cfg.smoothing_s, "refractory_s": stream_cfg.refractory_s}
+    return write_report(results, out_dir or os.path.join(run_dir, "report"),
+                        title=f"KWS report: {cfg['name']}", command=command or f"python -m eval.report "
+                        f"--run_dir={run_dir}", streams_info=info, clip_metrics=clip)
+
+
+def main(argv):
+    from absl import flags
+
+    from eval.kws_streams import StreamConfig
+
+    f = flags.FLAGS
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    thresholds = None if not f.thresholds else [float(t) for t in f.thresholds.split(",")]
+    cfg = StreamConfig(stream_seconds=f.stream_seconds, negative_hours=f.negative_hours, hop_frames=f.hop_frames,
+                       snr_db=f.snr_db,
+                       refractory_s=f.refractory_s, smoothing_s=f.smoothing_s)
+    paths = report_run(f.run_dir, f.out, f.models.split(",") if f.models else None, cfg, thresholds,
+                       tuple(float(x) for x in f.fa_targets.split(",")), f.n_boot,
+                       command="python -m eval.report " + " ".join(sys.argv[1:]), skip_bad_files=f.skip_bad_files)
+    print(f"report written: {paths['md']} (and {os.path.basename(paths['html'])}, CSVs, "
+          f"{os.path.basename(paths['det_png'])}, {os.path.basename(paths['memory_png'])})")
+
+
+def run():
+    """Console entry point ``kws-quant-report``."""
+    from absl import app, flags
+
+    flags.DEFINE_string("run_dir", None, "Training run directory (kws_quant.train --workdir).", required=True)
+    flags.DEFINE_string("models", "", "Comma-separated phases to compare (default: float and every QAT recipe).")
+    flags.DEFINE_string("out", None, "Output folder (default: <run_dir>/report).")
+    flags.DEFINE_float("stream_seconds", 60.0, "Length of each test stream, seconds.")
+    flags.DEFINE_float("negative_hours", 1.0, "Extra keyword-free test audio, hours (sets the FA/h resolution).")
+    flags.DEFINE_integer("hop_frames", 2, "Feature frames between model evaluations.")
+    flags.DEFINE_float("snr_db", 20.0, "Background noise level of the streams, dB SNR.")
+    flags.DEFINE_float("smoothing_s", 0.1, "Posterior smoothing window, seconds.")
+    flags.DEFINE_float("refractory_s", 1.0, "Refractory period after a detection, seconds.")
+    flags.DEFINE_string("thresholds", "", "Comma-separated threshold grid in [0, 1] (default: dense near 1).")
+    flags.DEFINE_string("fa_targets", "1,2,5", "False accepts per hour at which FRR is reported.")
+    flags.DEFINE_integer("n_boot", 200, "Bootstrap resamples for confidence intervals.")
+    flags.DEFINE_bool("skip_bad_files", False, "Skip unreadable audio instead of failing.")
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded)
+
+
+if __name__ == "__main__":
+    run()
