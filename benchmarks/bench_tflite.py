@@ -1,0 +1,155 @@
+"""Benchmark: LiteRT int8 vs float export of the ~250K-parameter KWS model — latency per window and file size.
+
+Usage: python benchmarks/bench_tflite.py [--recipe tanh4 --steps 16 --reps 31 --windows 200 --threads 1]
+
+Builds the model with ``build_kws_model(KWSModelConfig(), 12, recipe)``, runs a few QAT steps on random
+log-mel-like windows (enough for moving-average ranges; accuracy is not the point), exports every variant below,
+then times them in the same process: batch 1 (one [1, 98, 40] window per invoke), ``num_threads`` threads, all
+variants interleaved in every repetition (order rotated), each repetition ``--windows`` windows of
+``set_tensor`` + ``invoke`` + ``get_tensor`` per variant (then as many bare ``invoke()`` calls). Prints a markdown
+table of the median per-window latency and per-invoke latency, the ratios to the float baseline, the file size and
+its ratio, and the int8 variants' agreement with the Keras model (share of logits within one output step, max error
+in steps) on other random windows.
+
+Variants: the float export (XNNPACK, and builtin kernels only); the int8 export (default: pooling as an int8
+depthwise conv, XNNPACK); the same with XNNPACK off; int8 with INT4-packed weights; int8 with the pooling folded into
+dense_in (exact); and an ablation with LiteRT's int8 AVERAGE_POOL_2D (what the converter emits by itself).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kws_quant  # noqa: E402,F401
+from kws_quant.export import tflite as T  # noqa: E402
+from kws_quant.models import KWSModelConfig, build_kws_model  # noqa: E402
+
+
+def logmel_like(rng, n, frames=98, mels=40):
+    level = rng.normal(-4.0, 1.5, size=(n, 1, mels))
+    drift = np.cumsum(rng.normal(0.0, 0.3, size=(n, frames, mels)), axis=1) * 0.3
+    return (level + drift + rng.normal(0.0, 0.5, size=(n, frames, mels))).astype(np.float32)
+
+
+def make_model(recipe, steps, seed=0):
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_kws_model(KWSModelConfig(), 12, recipe)
+    n = 64 * steps
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(logmel_like(rng, n), rng.integers(0, 12, n), epochs=1, batch_size=64, verbose=0)
+    return model, rng
+
+
+def export_all(model, rep, out):
+    paths = {}
+    paths["float32"] = T.to_tflite_float(model, os.path.join(out, "float32.tflite"))
+    paths["int8"] = T.to_tflite(model, os.path.join(out, "int8.tflite"), rep)
+    paths["int8 + int4 packed"] = T.to_tflite(model, os.path.join(out, "int4.tflite"), rep, int4=True)
+    paths["int8, pooling folded (exact)"] = T.to_tflite(model, os.path.join(out, "fold.tflite"), rep, fold_pooling=True)
+    original = T._Shape.depthwise_pool
+    T._Shape.depthwise_pool = staticmethod(lambda layer: False)  # ablation: keep the converter's AVERAGE_POOL_2D
+    try:
+        paths["int8, int8 AVERAGE_POOL_2D"] = T.to_tflite(model, os.path.join(out, "avgpool.tflite"), rep)
+    finally:
+        T._Shape.depthwise_pool = original
+    return paths
+
+
+def time_variants(variants, windows, reps, per_rep):
+    """variants: {name: interpreter}. Per repetition and variant (order rotated each repetition): ``per_rep``
+    windows of set_tensor + invoke + get_tensor ("call"), then ``per_rep`` bare invokes ("invoke").
+    Returns {name: {"call": [s/window per rep], "invoke": [...]}}."""
+    prepared = []
+    for name, interp in variants.items():
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        if inp["dtype"] == np.int8:
+            data = [T.quantize_input(w[None], *inp["quantization"]) for w in windows]
+        else:
+            data = [w[None] for w in windows]
+        prepared.append((name, interp, inp["index"], out["index"], data))
+    for _, interp, i_in, i_out, data in prepared:  # warm-up
+        for x in data[:50]:
+            interp.set_tensor(i_in, x)
+            interp.invoke()
+            interp.get_tensor(i_out)
+    times = {name: {"call": [], "invoke": []} for name, *_ in prepared}
+    for r in range(reps):
+        k = r % len(prepared)
+        for name, interp, i_in, i_out, data in prepared[k:] + prepared[:k]:
+            t0 = time.perf_counter()
+            for j in range(per_rep):
+                interp.set_tensor(i_in, data[j % len(data)])
+                interp.invoke()
+                interp.get_tensor(i_out)
+            t1 = time.perf_counter()
+            invoke = interp.invoke
+            for _ in range(per_rep):
+                invoke()
+            t2 = time.perf_counter()
+            times[name]["call"].append((t1 - t0) / per_rep)
+            times[name]["invoke"].append((t2 - t1) / per_rep)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="tanh4")
+    ap.add_argument("--steps", type=int, default=16, help="QAT steps of batch 64 before export")
+    ap.add_argument("--reps", type=int, default=31)
+    ap.add_argument("--windows", type=int, default=200, help="windows per variant per repetition")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    load0 = os.getloadavg()
+    model, rng = make_model(args.recipe, args.steps)
+    rep, test = logmel_like(rng, 256), logmel_like(rng, 128)
+    keras_out = np.asarray(model(test, training=False))
+    with tempfile.TemporaryDirectory() as out:
+        paths = export_all(model, rep, out)
+        sizes = {k: os.path.getsize(p) for k, p in paths.items()}
+        agreement = {}
+        for name, p in paths.items():
+            if name != "float32":
+                err = np.abs(T.run_tflite(p, test) - keras_out) / T.output_step(p)
+                agreement[name] = (float(np.mean(err <= 1.0)), float(err.max()))
+        variants = {}
+        for name, p in paths.items():
+            variants[name] = T.make_interpreter(p, num_threads=args.threads)
+            if name in ("float32", "int8"):
+                variants[name + ", XNNPACK off"] = T.make_interpreter(p, num_threads=args.threads, xnnpack=False)
+        ops = {name: ", ".join(o["op_name"] for o in interp._get_ops_details()) for name, interp in variants.items()}
+        times = time_variants(variants, logmel_like(rng, 64), args.reps, args.windows)
+    load1 = os.getloadavg()
+
+    base = {k: np.median(times["float32"][k]) for k in ("call", "invoke")}
+    print(f"LiteRT, batch 1 ([1, 98, 40] per invoke), {args.threads} thread(s), recipe {args.recipe!r}, "
+          f"{args.reps} interleaved repetitions x {args.windows} windows; median per window. 'window': set_tensor + "
+          "invoke + get_tensor from Python; 'invoke': invoke() alone.")
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{load0[0]:.1f} at start, {load1[0]:.1f} at end.\n")
+    print("| variant | µs / window | speed-up | µs / invoke | speed-up | file (bytes) | smaller | "
+          "logits within 1 step of Keras | max error (steps) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, ts in times.items():
+        file_key = name.replace(", XNNPACK off", "")
+        call, inv = np.median(ts["call"]), np.median(ts["invoke"])
+        agree = agreement.get(file_key)
+        a = f"{100 * agree[0]:.2f}% | {agree[1]:.2f}" if agree else "— | —"
+        print(f"| {name} | {call * 1e6:.1f} | {base['call'] / call:.2f}× | {inv * 1e6:.1f} | "
+              f"{base['invoke'] / inv:.2f}× | {sizes[file_key]} | {sizes['float32'] / sizes[file_key]:.2f}× | {a} |")
+    print("\nExecution plans (ops after delegation; DELEGATE = one XNNPACK partition):")
+    for name, plan in ops.items():
+        print(f"- {name}: {plan}")
+
+
+if __name__ == "__main__":
+    main()

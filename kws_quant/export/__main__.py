@@ -1,0 +1,84 @@
+"""Export a trained ``.keras`` model to LiteRT (TFLite).
+
+    python -m kws_quant.export --model=run/tanh4/model.keras --out=model.tflite            # int8, exact codes
+    python -m kws_quant.export --model=run/tanh4/model.keras --out=model_f32.tflite --float
+    python -m kws_quant.export --model=... --out=... --representative=windows.npy --int4 --fold_pooling
+
+``--representative`` is a ``.npy`` of float feature windows ``[n, frames, mels]`` used to calibrate the output
+(logit) range; without it the range comes from synthetic windows (a warning says so). The directory of ``--out`` is
+created if it is missing. See :func:`kws_quant.export.tflite.to_tflite` for every option.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+# Our own FlagValues, so importing this module next to another absl program (tests, a training script) cannot
+# collide with its flag names.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "Path of the trained .keras model (stage-2 QAT for int8 export).", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Path of the .tflite to write; its directory is created if missing.",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("float", False, "Write the float32 model (the benchmark baseline) instead of int8.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("representative", None, "Optional .npy of float windows [n, frames, mels] to calibrate the "
+                    "output range.", flag_values=FLAGS)
+flags.DEFINE_enum("io_dtype", "auto", ["auto", "int8", "float32"], "Input/output tensor type of the int8 model.",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("int4", False, "Pack the weights of dense layers with <= 4-bit kernel quantizers as INT4.",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("fold_pooling", False, "Fold AveragePooling1D -> Flatten -> dense into the dense kernel (exact, "
+                  "larger).", flag_values=FLAGS)
+flags.DEFINE_float("output_margin", 0.1, "Widen the calibrated output range by this fraction of its span per side.",
+                   flag_values=FLAGS)
+
+
+class UsageError(ValueError):
+    """Bad command line."""
+
+
+def run(argv) -> str:
+    """Parse ``argv`` (``sys.argv`` style, program name first; every flag is reset to its default first) and export;
+    returns the written path."""
+    FLAGS.unparse_flags()
+    try:
+        rest = FLAGS(list(argv))
+    except flags.Error as e:
+        raise UsageError(str(e)) from None
+    if len(rest) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+    if not FLAGS.model or not FLAGS.out:
+        raise UsageError("--model and --out are required")
+    if not os.path.exists(FLAGS.model):
+        raise UsageError(f"--model={FLAGS.model!r} does not exist")
+    import numpy as np
+
+    from kws_quant.export.tflite import read_linear_ops, to_tflite
+
+    rep = np.load(FLAGS.representative) if FLAGS.representative else None
+    path = to_tflite(FLAGS.model, FLAGS.out, rep, quantize=not FLAGS.float, io_dtype=FLAGS.io_dtype, int4=FLAGS.int4,
+                     fold_pooling=FLAGS.fold_pooling, output_margin=FLAGS.output_margin)
+    ops = read_linear_ops(path)
+    kinds = ", ".join(f"{d['op']}[{d['weight_type']}]" for d in ops)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes): {kinds}")
+    return path
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help())
+        return 0
+    try:
+        run(argv)
+    except UsageError as e:
+        print(f"error: {e}\n\n{FLAGS.get_help()}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

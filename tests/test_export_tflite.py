@@ -1,0 +1,269 @@
+"""LiteRT export: exact integer codes, LiteRT-vs-Keras agreement, float baseline, CLI, and error messages."""
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kws_quant  # noqa: F401  (registers the layers)
+from kws_quant import qat
+from kws_quant.export import tflite as T
+from kws_quant.layers import QuantActivation, QuantBatchNormalization, QuantDense
+from kws_quant.models import KWSModelConfig, build_kws_model
+
+pytest.importorskip("ai_edge_litert")
+
+TANH4 = "tanh(bits=4, mode='symmetric', per_channel=True, output_scale='max')"
+TANH8 = "tanh(bits=8, mode='symmetric', per_channel=True, output_scale='max')"
+LIN8 = "linear(bits=8)"
+
+
+def logmel_like(rng, n, frames=98, mels=40):
+    """Random windows with log-mel-like structure: a per-window spectral level, slow drift over time, noise."""
+    level = rng.normal(-4.0, 1.5, size=(n, 1, mels))
+    drift = np.cumsum(rng.normal(0.0, 0.3, size=(n, frames, mels)), axis=1) * 0.3
+    return (level + drift + rng.normal(0.0, 0.5, size=(n, frames, mels))).astype(np.float32)
+
+
+def train_a_little(model, rng, n=256, epochs=1, classes=12):
+    """A few QAT steps (the model starts in stage 2), enough to set moving-average ranges and BN statistics."""
+    x, y = logmel_like(rng, n, *model.input_shape[1:]), rng.integers(0, classes, n)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    return model
+
+
+def observe(model, rng, batches=4, n=64):
+    """Training-mode forward passes without an optimizer: sets moving-average ranges and BN statistics quickly."""
+    for _ in range(batches):
+        model(logmel_like(rng, n, *model.input_shape[1:]), training=True)
+    return model
+
+
+def errors_in_steps(model, path, windows):
+    """|LiteRT - Keras| / output step, for every logit of every window."""
+    keras_out = np.asarray(model(windows, training=False))
+    lite_out = T.run_tflite(path, windows)
+    return np.abs(lite_out - keras_out) / T.output_step(path), keras_out, lite_out
+
+
+@pytest.fixture(scope="module")
+def kws(tmp_path_factory):
+    """The ~250K-parameter KWS model, tanh4 recipe, a few QAT steps; its int8 and float exports."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    model = train_a_little(build_kws_model(KWSModelConfig(), 12, "tanh4"), rng)
+    assert qat.get_stage(model) == 2
+    out = tmp_path_factory.mktemp("export")
+    rep = logmel_like(rng, 128)
+    return {"model": model, "rng": rng, "rep": rep, "dir": out,
+            "int8": T.to_tflite(model, out / "kws_int8.tflite", rep),
+            "float": T.to_tflite_float(model, out / "kws_f32.tflite")}
+
+
+def folded_expectation(model):
+    """Per dense layer, what the export must write, computed from the layers' own quantized_weights():
+    codes (TFLite [out, in] layout) and per-channel scales, with the following batch-norm's gain folded in."""
+    layers = {layer.name: layer for layer in model.layers}
+    expected = []
+    for name in ("dense_in", "dense_1", "dense_2", "dense_out"):
+        kernel = layers[name].quantized_weights()["kernel"]
+        codes = kernel.codes.astype(np.int64).T
+        scale = np.broadcast_to(kernel.scale, (codes.shape[0],)).astype(np.float64)
+        bn = layers.get(name.replace("dense_in", "bn_0").replace("dense_", "bn_"))
+        if name != "dense_out":
+            gain = bn.quantized_weights()["gain"].dequantize().astype(np.float64)
+            codes = codes * np.where(gain < 0, -1, 1)[:, None]
+            scale = scale * np.abs(gain)
+        expected.append((name, codes, scale))
+    return expected
+
+
+def test_int8_weights_are_exactly_the_quantizer_codes(kws):
+    ops = T.read_linear_ops(kws["int8"])
+    fcs = [d for d in ops if d["op"] == "FULLY_CONNECTED"]
+    assert [d["op"] for d in ops] == ["DEPTHWISE_CONV_2D"] + ["FULLY_CONNECTED"] * 4
+    for got, (name, codes, scale) in zip(fcs, folded_expectation(kws["model"])):
+        w = got["weights"]
+        assert got["weight_type"] == "INT8" and w.dtype == np.int8, name
+        np.testing.assert_array_equal(w, codes, err_msg=name)
+        np.testing.assert_allclose(got["scale"], scale, rtol=1e-6, err_msg=name)
+        assert np.all(got["zero_point"] == 0) and len(got["scale"]) == w.shape[0]  # per-channel, symmetric
+        # 4-bit symmetric grid: values in [-7, 7], at most 15 distinct per output channel
+        assert w.min() >= -7 and w.max() <= 7, name
+        assert max(len(np.unique(row)) for row in w) <= 15, name
+    # ReLU fused into the hidden layers; int32 biases on the patched scales
+    assert [d["fused_activation"] for d in fcs] == ["RELU", "RELU", "RELU", "NONE"]
+    for got in fcs:
+        assert got["bias"].dtype == np.int32
+        np.testing.assert_allclose(got["bias_scale"], got["input_scale"][0] * got["scale"], rtol=1e-6)
+    # the folded offset of bn_0 is dense_in's bias, to within half a bias step
+    bn0 = kws["model"].get_layer("bn_0").quantized_weights()["offset"].dequantize()
+    np.testing.assert_allclose(fcs[0]["bias"] * fcs[0]["bias_scale"], bn0, atol=0.5 * fcs[0]["bias_scale"].max())
+    # average pooling: int8 depthwise weights that are exactly 1/2
+    pool = ops[0]
+    np.testing.assert_allclose(pool["weights"] * pool["scale"], 0.5, rtol=1e-6)
+
+
+def test_litert_runs_one_window_per_invoke_and_matches_keras(kws):
+    interp = T.make_interpreter(kws["int8"])
+    inp = interp.get_input_details()[0]
+    assert list(inp["shape"]) == [1, 98, 40]  # one streaming window per invoke
+    windows = logmel_like(kws["rng"], 64)
+    err, keras_out, lite_out = errors_in_steps(kws["model"], kws["int8"], windows)
+    # The int8 pooling rounds the average of two quantized frames back to the input grid (the Keras model keeps
+    # the half step), so a few outputs land a little over one output step away; see docs/bench_tflite.md.
+    assert np.mean(err) < 0.45, np.mean(err)
+    assert np.mean(err <= 1.0) >= 0.97, np.mean(err <= 1.0)
+    assert err.max() <= 2.0, err.max()
+    assert np.mean(keras_out.argmax(1) == lite_out.argmax(1)) >= 0.9
+    # with the pooling folded into dense_in the int8 model computes what Keras computes: within one step
+    exact = T.to_tflite(kws["model"], kws["dir"] / "kws_fold.tflite", kws["rep"], fold_pooling=True)
+    err, _, _ = errors_in_steps(kws["model"], exact, windows)
+    assert np.mean(err <= 1.0) >= 0.995 and err.max() <= 1.5, (np.mean(err <= 1.0), err.max())
+    dense_in = T.read_linear_ops(exact)[0]
+    assert dense_in["weights"].shape == (112, 98 * 40) and dense_in["weights"].min() >= -7
+
+
+def test_int4_packing_keeps_codes_and_outputs(kws):
+    packed = T.to_tflite(kws["model"], kws["dir"] / "kws_int4.tflite", kws["rep"], int4=True)
+    plain, small = T.read_linear_ops(kws["int8"]), T.read_linear_ops(packed)
+    for a, b in zip(plain[1:], small[1:]):
+        assert b["weight_type"] == "INT4"
+        np.testing.assert_array_equal(a["weights"], b["weights"])
+        np.testing.assert_array_equal(a["scale"], b["scale"])
+    windows = logmel_like(kws["rng"], 8)
+    np.testing.assert_array_equal(T.run_tflite(packed, windows), T.run_tflite(kws["int8"], windows))
+    assert os.path.getsize(packed) < 0.6 * os.path.getsize(kws["int8"])
+
+
+def test_float_export_is_the_baseline(kws):
+    ops = T.read_linear_ops(kws["float"])
+    assert [d["weight_type"] for d in ops] == ["FLOAT32"] * 4
+    assert os.path.getsize(kws["float"]) > 3.5 * os.path.getsize(kws["int8"])
+    # a float-recipe model exports to float and matches Keras
+    keras.utils.set_random_seed(1)
+    model = observe(build_kws_model(KWSModelConfig(hidden=(32, 32)), 12, "float"), kws["rng"])
+    path = T.to_tflite_float(model, kws["dir"] / "float_recipe.tflite")
+    windows = logmel_like(kws["rng"], 4)
+    np.testing.assert_allclose(T.run_tflite(path, windows), model(windows, training=False), rtol=1e-4, atol=1e-4)
+
+
+def small_qat_model(bn_before_dense=False, seed=0):
+    """input quantizer → flatten → [BN] → dense(tanh4) → BN → ReLU 8-bit → dense(tanh8, bias): no pooling."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((20, 8))
+    x = QuantActivation(quantizer=LIN8, name="input_quant")(inp)
+    x = keras.layers.Flatten()(x)
+    if bn_before_dense:
+        x = QuantBatchNormalization(gain_quantizer=LIN8, offset_quantizer=LIN8, name="bn_pre")(x)
+    x = QuantDense(24, use_bias=False, kernel_quantizer=TANH4, name="hidden")(x)
+    x = QuantBatchNormalization(gain_quantizer=LIN8, offset_quantizer=LIN8, name="bn")(x)
+    x = QuantActivation("relu", quantizer=LIN8, name="act")(x)
+    out = QuantDense(6, kernel_quantizer=TANH8, bias_quantizer=LIN8, name="out")(x)
+    return keras.Model(inp, out)
+
+
+def test_model_without_pooling_matches_keras_within_one_step(tmp_path):
+    rng = np.random.default_rng(3)
+    model = observe(small_qat_model(), rng)
+    path = T.to_tflite(model, tmp_path / "small.tflite", logmel_like(rng, 128, 20, 8))
+    interp = T.make_interpreter(path)
+    assert interp.get_input_details()[0]["dtype"] == np.int8  # nothing in float before the input quantizer
+    s, z = interp.get_input_details()[0]["quantization"]
+    input_q = model.get_layer("input_quant")
+    assert np.isclose(s, (float(input_q._qstate["output"]["max"]) - min(float(input_q._qstate["output"]["min"]), 0))
+                      / 255, rtol=1e-5)
+    err, _, _ = errors_in_steps(model, path, logmel_like(rng, 128, 20, 8))
+    assert err.max() <= 1.0, err.max()
+
+
+def test_batchnorm_before_dense_is_folded_into_kernel_rows(tmp_path):
+    rng = np.random.default_rng(4)
+    model = observe(small_qat_model(bn_before_dense=True), rng)
+    path = T.to_tflite(model, tmp_path / "bn_pre.tflite", logmel_like(rng, 64, 20, 8))
+    hidden = T.read_linear_ops(path)[0]
+    # expected: W' = diag(g_pre) · dequantized tanh codes · g_post, re-quantized to int8 per output channel
+    kernel = model.get_layer("hidden").quantized_weights()["kernel"].dequantize().astype(np.float64)
+    g_pre = model.get_layer("bn_pre").quantized_weights()["gain"].dequantize().astype(np.float64)
+    g_post = model.get_layer("bn").quantized_weights()["gain"].dequantize().astype(np.float64)
+    folded = (g_pre[:, None] * kernel * g_post).T
+    scale = np.abs(folded).max(axis=1) / 127
+    np.testing.assert_array_equal(hidden["weights"], np.clip(np.round(folded / scale[:, None]), -127, 127))
+    np.testing.assert_allclose(hidden["scale"], scale, rtol=1e-6)
+    # the dense after it keeps its exact codes
+    out_codes = model.get_layer("out").quantized_weights()["kernel"].codes
+    np.testing.assert_array_equal(T.read_linear_ops(path)[1]["weights"], out_codes.T)
+    err, _, _ = errors_in_steps(model, path, logmel_like(rng, 64, 20, 8))
+    assert np.mean(err <= 1.0) >= 0.97 and err.max() <= 2.0
+
+
+def test_float_model_to_int8_lists_the_layers_without_quantizers(tmp_path):
+    model = build_kws_model(KWSModelConfig(hidden=(16, 16)), 4, "float")
+    with pytest.raises(ValueError) as e:
+        T.to_tflite(model, tmp_path / "x.tflite")
+    msg = str(e.value)
+    for part in ("input_quant (output)", "dense_in (kernel)", "act_0 (output)", "dense_1 (kernel)",
+                 "dense_out (kernel)"):
+        assert part in msg, msg
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_unsupported_layer_and_topology_are_named(tmp_path):
+    inp = keras.Input((10, 4))
+    x = QuantActivation(quantizer=LIN8, name="input_quant")(inp)
+    x = keras.layers.LayerNormalization(name="my_layernorm")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inp, QuantDense(3, kernel_quantizer=TANH4, name="out")(x))
+    with pytest.raises(ValueError, match=r"'my_layernorm' \(LayerNormalization\) is not supported"):
+        T.to_tflite(model, tmp_path / "x.tflite")
+    inp = keras.Input((6,))
+    a, b = keras.layers.Dense(3, name="a")(inp), keras.layers.Dense(3, name="b")(inp)
+    branchy = keras.Model(inp, keras.layers.Add(name="join")([a, b]))
+    with pytest.raises(ValueError, match="chain of layers"):
+        T.to_tflite_float(branchy, tmp_path / "y.tflite")
+
+
+def test_model_not_in_stage_2_is_rejected(tmp_path):
+    model = observe(small_qat_model(), np.random.default_rng(5), batches=1)
+    qat.set_stage(model, 1)
+    with pytest.raises(ValueError, match="stage 1.*needs stage 2"):
+        T.to_tflite(model, tmp_path / "x.tflite", logmel_like(np.random.default_rng(0), 8, 20, 8))
+    # an untrained (never observed) range is named too
+    fresh = small_qat_model(seed=1)
+    with pytest.raises(ValueError, match="'input_quant'.*never updated"):
+        T.to_tflite(fresh, tmp_path / "x.tflite")
+
+
+def test_missing_output_directory_is_created_and_cli(kws, tmp_path):
+    model_path = tmp_path / "model.keras"
+    kws["model"].save(model_path)
+    np.save(tmp_path / "rep.npy", kws["rep"][:32])
+    from kws_quant.export.__main__ import run
+
+    out = tmp_path / "new" / "nested" / "model.tflite"
+    written = run(["export", f"--model={model_path}", f"--out={out}", f"--representative={tmp_path / 'rep.npy'}"])
+    assert written == str(out) and out.exists()
+    windows = logmel_like(kws["rng"], 4)
+    np.testing.assert_allclose(T.run_tflite(str(out), windows), kws["model"](windows, training=False),
+                               atol=2.0 * T.output_step(str(out)))
+    out_f = tmp_path / "other" / "model_f32.tflite"
+    run(["export", f"--model={model_path}", f"--out={out_f}", "--float"])
+    assert [d["weight_type"] for d in T.read_linear_ops(str(out_f))] == ["FLOAT32"] * 4
+
+
+def test_conv_model_exports_exact_codes(tmp_path):
+    """The strided-conv ('tdnn') KWS variant: CONV_2D ops carry the tanh codes, BN gain folded into the scales."""
+    rng = np.random.default_rng(6)
+    keras.utils.set_random_seed(6)
+    model = observe(build_kws_model(KWSModelConfig(arch="tdnn", hidden=(16, 16)), 5, "tanh4"), rng)
+    path = T.to_tflite(model, tmp_path / "tdnn.tflite", logmel_like(rng, 32))
+    ops = T.read_linear_ops(path)
+    assert [d["op"] for d in ops] == ["CONV_2D", "CONV_2D", "FULLY_CONNECTED"]
+    for got, name, bn in zip(ops, ("dense_in", "conv_1"), ("bn_0", "bn_1")):
+        codes = model.get_layer(name).quantized_weights()["kernel"].codes  # [k, in, out]
+        gain = model.get_layer(bn).quantized_weights()["gain"].dequantize()
+        want = np.moveaxis(codes, -1, 0) * np.where(gain < 0, -1, 1)[:, None, None]
+        np.testing.assert_array_equal(got["weights"].reshape(want.shape), want)
+    err, _, _ = errors_in_steps(model, path, logmel_like(rng, 32))
+    assert err.max() <= 1.0, err.max()
