@@ -18,7 +18,7 @@ setup(
         "librosa>=0.10,<0.12",
         "soundfile>=0.12",
         "pandas>=2.0",
-        "absl-py>=2.0",
+        "absl-py>=1.4",  # TF-MOT 0.8 (the [tfmot] extra) pins absl-py~=1.2
         "ml-collections>=1.0,<2",
         "matplotlib>=3.8",
         "scikit-learn>=1.4",
