@@ -112,10 +112,12 @@ def build_model(cfg: dict, data: KWSData, recipe) -> keras.Model:
     return build_kws_model(mcfg, len(data.label_names), recipe, name=f"kws_{recipe}")
 
 
-def compile_model(model, learning_rate: float, decay_steps: int) -> None:
+def compile_model(model, learning_rate: float, decay_steps: int, jit_compile: bool = True) -> None:
+    """Adam with cosine decay. XLA fuses the quantizers' elementwise chains: a QAT step then costs what a float
+    step costs (docs/bench_qat_step.md); Keras leaves XLA off on CPU by default."""
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(decay_steps, 1), alpha=0.05)
-    model.compile(keras.optimizers.Adam(schedule),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(keras.optimizers.Adam(schedule), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile=jit_compile)
 
 
 def evaluate(model, data: KWSData) -> dict:
@@ -148,7 +150,7 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: KWSData, strat
     with strategy.scope():
         model = build_model(cfg, data, recipe)
         compile_model(model, t["learning_rate"] if is_float else t["qat_learning_rate"],
-                      epochs * data.steps_per_epoch)
+                      epochs * data.steps_per_epoch, t["jit_compile"])
     write_json(os.path.join(run.phase(phase), "labels.json"), data.label_names)  # the report checks label sets
     if init is not None:
         transfer_weights(init, model)

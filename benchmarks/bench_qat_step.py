@@ -1,0 +1,76 @@
+"""Training-step cost of two-stage QAT against float, for the ~250K-parameter KWS model, side by side.
+
+    python benchmarks/bench_qat_step.py [--batch 64] [--rounds 15] [--steps 20]
+
+The three models (float; tanh4 recipe in stage 1; the same in stage 2) are built and compiled once; each round runs
+``--steps`` compiled training steps of each model on the same batch, in rotating order, and the table reports the
+median per-step time over rounds and its ratio to float. Target (issue: KWS end to end): stage 2 ≤ 1.3× float.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from kws_quant import qat  # noqa: E402
+from kws_quant.models import KWSModelConfig, build_kws_model  # noqa: E402
+
+
+def make(recipe, stage=None, jit=False):
+    keras.utils.set_random_seed(0)
+    model = build_kws_model(KWSModelConfig(), 3, recipe)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit)
+    if stage is not None:
+        qat.set_stage(model, stage)
+    return model
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--jit", choices=["off", "on", "both"], default="both",
+                   help="XLA-compile the train step (Keras compile(jit_compile=...)); 'both' measures each")
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((args.batch, 98, 40)).astype(np.float32) * 2 - 6)
+    y = tf.constant(rng.integers(0, 3, args.batch).astype(np.int32))
+    models = {}
+    for jit in ([False, True] if args.jit == "both" else [args.jit == "on"]):
+        tag = ", XLA" if jit else ""
+        models.update({f"float{tag}": make("float", jit=jit), f"tanh4 stage 1{tag}": make("tanh4", 1, jit),
+                       f"tanh4 stage 2{tag}": make("tanh4", 2, jit)})
+    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+    steps = {}
+    for name, m in models.items():  # compile and warm up: the first fit traces
+        m.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)
+        steps[name] = []
+    names = list(models)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            models[name].fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)
+            steps[name].append((time.perf_counter() - start) / args.steps)
+    base = statistics.median(steps["float"])  # everything relative to the default (non-XLA) float step
+    print(f"\nKWS 250K model, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
+          f"TF {tf.__version__}, Keras {keras.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs\n")
+    print("| model | median ms/step | min ms/step | ratio to float without XLA (median) |")
+    print("|---|---:|---:|---:|")
+    for name in names:
+        med = statistics.median(steps[name])
+        print(f"| {name} | {1000 * med:.2f} | {1000 * min(steps[name]):.2f} | {med / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
