@@ -146,12 +146,13 @@ class StreamScorer:
     """
 
     def __init__(self, model, features: FeatureConfig, label_names, cfg: StreamConfig = StreamConfig(),
-                 batch_size: int = 2048):
+                 batch_size: int = 2048, jit_compile: bool = True):
         self.features, self.cfg, self.label_names = features, cfg, list(label_names)
         if model.output_shape[-1] != len(self.label_names):
             raise ValueError(f"model {model.name!r} has {model.output_shape[-1]} outputs but the label set has "
                              f"{len(self.label_names)}: {self.label_names}")
-        self.runner = StreamingRunner(model, hop_frames=cfg.hop_frames, batch_size=batch_size)
+        self.runner = StreamingRunner(model, hop_frames=cfg.hop_frames, batch_size=batch_size,
+                                      jit_compile=jit_compile)
         self.hop_s = cfg.hop_frames * features.hop_length / features.sample_rate
         self._mel = tf.constant(mel_matrix(features).T)
 

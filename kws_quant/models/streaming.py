@@ -15,16 +15,17 @@ class StreamingRunner:
         model: Keras model, input ``[batch, window, n_mels]``, output logits ``[batch, classes]``.
         hop_frames: frames between consecutive windows (1 = every frame).
         batch_size: windows per model call.
+        jit_compile: XLA-compile the framing + model function.
     """
 
-    def __init__(self, model, hop_frames: int = 1, batch_size: int = 2048):
+    def __init__(self, model, hop_frames: int = 1, batch_size: int = 2048, jit_compile: bool = False):
         if hop_frames < 1 or batch_size < 1:
             raise ValueError(f"hop_frames={hop_frames} and batch_size={batch_size} must be positive")
         _, self.window, self.n_mels = model.input_shape
         self.hop, self.batch_size = int(hop_frames), int(batch_size)
         self._model = model
         spec = tf.TensorSpec([None, self.n_mels], tf.float32)
-        self._run = tf.function(self._chunk, input_signature=[spec], reduce_retracing=True)
+        self._run = tf.function(self._chunk, input_signature=[spec], reduce_retracing=True, jit_compile=jit_compile)
 
     def _chunk(self, feats):
         windows = tf.signal.frame(feats, self.window, self.hop, axis=0)
@@ -43,9 +44,11 @@ class StreamingRunner:
         out = []
         span = (self.batch_size - 1) * self.hop + self.window
         for start in range(0, num, self.batch_size):
-            lo = start * self.hop
-            out.append(self._run(tf.constant(feats[lo:lo + span])).numpy())
-        return np.concatenate(out)[:num]
+            chunk = feats[start * self.hop:start * self.hop + span]
+            if len(chunk) < span:  # one shape for every call: XLA compiles once
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], span - len(chunk), axis=0)])
+            out.append(self._run(tf.constant(chunk)).numpy()[:num - start])
+        return np.concatenate(out)
 
     def end_frames(self, num_windows: int) -> np.ndarray:
         """Index of the last frame of each window, ``[num_windows]``."""
