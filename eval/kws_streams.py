@@ -27,7 +27,8 @@ class StreamConfig:
         stream_seconds: target length of each stream, seconds.
         negative_hours: extra audio with no keyword, hours: held-out non-keyword clips drawn with replacement,
             each with a random gain (±6 dB) and speed (0.9–1.1), so false accepts per hour have a resolution of
-            about ``1 / (negative_hours + positive hours)``.
+            about ``1 / (negative_hours + positive hours)``. A split with no non-keyword clips (every class a
+            keyword) draws from all its clips instead, keeping their keyword events.
         gap_seconds: (low, high) silence between clips, seconds.
         snr_db: background noise level relative to the speech, dB.
         hop_frames: feature frames between model evaluations (2 = every 20 ms at a 10 ms hop).
@@ -87,17 +88,22 @@ def build_streams(manifest, split: str, keyword_labels, sample_rate: int, cfg: S
     if pieces:
         streams.append(_finish(pieces, events, sample_rate, cfg, rng))
     negatives = rows[~rows["label"].isin(keyword_labels)]
-    if cfg.negative_hours > 0 and negatives.empty:
-        raise ValueError(f"negative_hours={cfg.negative_hours} but the {split!r} split has no non-keyword clips")
-    return streams + _negative_streams(negatives, sample_rate, cfg, rng, skip_bad_files)
+    return streams + _extra_streams(negatives if len(negatives) else rows, keyword_labels, sample_rate, cfg, rng,
+                                    skip_bad_files)
 
 
-def _negative_streams(rows, sample_rate, cfg, rng, skip_bad_files) -> list[AudioStream]:
-    """Streams of non-keyword clips (with replacement, perturbed) totalling ``cfg.negative_hours``."""
+def _extra_streams(rows, keyword_labels, sample_rate, cfg, rng, skip_bad_files) -> list[AudioStream]:
+    """Streams of clips drawn with replacement and perturbed, totalling ``cfg.negative_hours``.
+
+    ``rows`` are the split's non-keyword clips, so the streams hold no keyword; when every class is a keyword (a
+    digit task), they are all the split's clips and keep their events: for keyword ``k`` the other keywords are
+    then the audio without ``k``.
+    """
     clips = {}
-    streams, pieces, t, total = [], [], 0.0, 0.0
+    streams, pieces, events, t, total = [], [], [], 0.0, 0.0
     while total + t < cfg.negative_hours * 3600:
-        path = rows["path"].iloc[int(rng.integers(len(rows)))]
+        pick = int(rng.integers(len(rows)))
+        path, label = rows["path"].iloc[pick], rows["label"].iloc[pick]
         if path not in clips:
             try:
                 clips[path] = _trim(load_audio(path, sample_rate))
@@ -110,12 +116,15 @@ def _negative_streams(rows, sample_rate, cfg, rng, skip_bad_files) -> list[Audio
         clip = speed_perturb(clips[path], rng.uniform(0.9, 1.1)) * np.float32(10 ** (rng.uniform(-6, 6) / 20))
         gap = np.zeros(int(rng.uniform(*cfg.gap_seconds) * sample_rate), np.float32)
         pieces += [gap, clip]
-        t += (len(gap) + len(clip)) / sample_rate
+        start = t + len(gap) / sample_rate
+        t = start + len(clip) / sample_rate
+        if label in keyword_labels:
+            events.append((start, t, label))
         if t >= cfg.stream_seconds:
-            streams.append(_finish(pieces, [], sample_rate, cfg, rng))
-            pieces, total, t = [], total + t, 0.0
+            streams.append(_finish(pieces, events, sample_rate, cfg, rng))
+            pieces, events, total, t = [], [], total + t, 0.0
     if pieces:
-        streams.append(_finish(pieces, [], sample_rate, cfg, rng))
+        streams.append(_finish(pieces, events, sample_rate, cfg, rng))
     return streams
 
 

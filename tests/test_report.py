@@ -99,3 +99,15 @@ def test_empty_test_split_is_refused():
     manifest = pd.DataFrame({"path": ["a.wav"], "label": ["hey_computer"], "speaker": ["s"], "split": ["train"]})
     with pytest.raises(ValueError, match="no clips in the 'test' split"):
         build_streams(manifest, "test", ["hey_computer"], 16000, SMALL)
+
+
+def test_all_keyword_split_draws_extra_audio_with_events(run_dir):
+    """A digit task has no non-keyword clips: the extra hours come from all clips and keep their events."""
+    from kws_quant.kws_experiment import load_manifest
+
+    manifest, _, keywords, _ = load_manifest(json.load(open(run_dir / "config.json")))
+    only_keywords = manifest[manifest["label"].isin(keywords)]
+    streams = build_streams(only_keywords, "test", keywords, 16000, SMALL)
+    n_test = int((only_keywords["split"] == "test").sum())
+    assert sum(len(s.events) for s in streams) > n_test  # the extra audio carries keyword occurrences too
+    assert sum(len(s.audio) for s in streams) / 16000 >= 0.01 * 3600
