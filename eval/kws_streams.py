@@ -61,71 +61,80 @@ class AudioStream:
 
 def build_streams(manifest, split: str, keyword_labels, sample_rate: int, cfg: StreamConfig = StreamConfig(),
                   skip_bad_files: bool = False) -> list[AudioStream]:
-    """Concatenate the ``split``'s clips into streams of about ``cfg.stream_seconds``. Deterministic for a seed."""
+    """Concatenate the ``split``'s clips into streams of about ``cfg.stream_seconds``, then add
+    ``cfg.negative_hours`` of extra audio (see :class:`StreamConfig`). Deterministic for a seed."""
     rows = manifest[manifest["split"] == split]
     if rows.empty:
         raise ValueError(f"no clips in the {split!r} split to build test streams from")
     rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(rows))
-    streams, pieces, events, t = [], [], [], 0.0
-    for i in order:
-        path, label = rows["path"].iloc[i], rows["label"].iloc[i]
-        try:
-            clip = _trim(load_audio(path, sample_rate))
-        except ValueError:
-            if skip_bad_files:
-                continue
-            raise
-        gap = np.zeros(int(rng.uniform(*cfg.gap_seconds) * sample_rate), np.float32)
-        pieces += [gap, clip]
-        start = t + len(gap) / sample_rate
-        t = start + len(clip) / sample_rate
-        if label in keyword_labels:
-            events.append((start, t, label))
-        if t >= cfg.stream_seconds:
-            streams.append(_finish(pieces, events, sample_rate, cfg, rng))
-            pieces, events, t = [], [], 0.0
-    if pieces:
-        streams.append(_finish(pieces, events, sample_rate, cfg, rng))
+    load = _ClipLoader(sample_rate, skip_bad_files)
+    writer = _StreamWriter(keyword_labels, sample_rate, cfg, rng)
+    for i in rng.permutation(len(rows)):
+        clip = load(rows["path"].iloc[i])
+        if clip is not None:
+            writer.add(clip, rows["label"].iloc[i])
+    writer.flush()
+    # Extra audio: the split's non-keyword clips, so it holds no keyword; when every class is a keyword (a digit
+    # task) all its clips, keeping their events: for keyword k the other keywords are the audio without k.
     negatives = rows[~rows["label"].isin(keyword_labels)]
-    return streams + _extra_streams(negatives if len(negatives) else rows, keyword_labels, sample_rate, cfg, rng,
-                                    skip_bad_files)
+    pool = negatives if len(negatives) else rows
+    extra = _StreamWriter(keyword_labels, sample_rate, cfg, rng)
+    while extra.seconds < cfg.negative_hours * 3600:
+        pick = int(rng.integers(len(pool)))
+        clip = load(pool["path"].iloc[pick])
+        if clip is not None:
+            gain = np.float32(10 ** (rng.uniform(-6, 6) / 20))
+            extra.add(speed_perturb(clip, rng.uniform(0.9, 1.1)) * gain, pool["label"].iloc[pick])
+    extra.flush()
+    return writer.streams + extra.streams
 
 
-def _extra_streams(rows, keyword_labels, sample_rate, cfg, rng, skip_bad_files) -> list[AudioStream]:
-    """Streams of clips drawn with replacement and perturbed, totalling ``cfg.negative_hours``.
+class _ClipLoader:
+    """Trimmed clips by path, loaded once; ``None`` for a bad file when skipping bad files."""
 
-    ``rows`` are the split's non-keyword clips, so the streams hold no keyword; when every class is a keyword (a
-    digit task), they are all the split's clips and keep their events: for keyword ``k`` the other keywords are
-    then the audio without ``k``.
-    """
-    clips = {}
-    streams, pieces, events, t, total = [], [], [], 0.0, 0.0
-    while total + t < cfg.negative_hours * 3600:
-        pick = int(rng.integers(len(rows)))
-        path, label = rows["path"].iloc[pick], rows["label"].iloc[pick]
-        if path not in clips:
+    def __init__(self, sample_rate, skip_bad_files):
+        self.sample_rate, self.skip, self.cache = sample_rate, skip_bad_files, {}
+
+    def __call__(self, path):
+        if path not in self.cache:
             try:
-                clips[path] = _trim(load_audio(path, sample_rate))
+                self.cache[path] = _trim(load_audio(path, self.sample_rate))
             except ValueError:
-                if not skip_bad_files:
+                if not self.skip:
                     raise
-                clips[path] = None
-        if clips[path] is None:
-            continue
-        clip = speed_perturb(clips[path], rng.uniform(0.9, 1.1)) * np.float32(10 ** (rng.uniform(-6, 6) / 20))
-        gap = np.zeros(int(rng.uniform(*cfg.gap_seconds) * sample_rate), np.float32)
-        pieces += [gap, clip]
-        start = t + len(gap) / sample_rate
-        t = start + len(clip) / sample_rate
-        if label in keyword_labels:
-            events.append((start, t, label))
-        if t >= cfg.stream_seconds:
-            streams.append(_finish(pieces, events, sample_rate, cfg, rng))
-            pieces, events, total, t = [], [], total + t, 0.0
-    if pieces:
-        streams.append(_finish(pieces, events, sample_rate, cfg, rng))
-    return streams
+                self.cache[path] = None
+        return self.cache[path]
+
+
+class _StreamWriter:
+    """Places clips one after another with random gaps, records keyword events, cuts a stream every
+    ``cfg.stream_seconds``."""
+
+    def __init__(self, keyword_labels, sample_rate, cfg, rng):
+        self.keywords, self.sr, self.cfg, self.rng = set(keyword_labels), sample_rate, cfg, rng
+        self.streams, self.done_seconds = [], 0.0
+        self.pieces, self.events, self.t = [], [], 0.0
+
+    @property
+    def seconds(self) -> float:
+        """Audio written so far, finished streams and the open one."""
+        return self.done_seconds + self.t
+
+    def add(self, clip: np.ndarray, label: str) -> None:
+        gap = np.zeros(int(self.rng.uniform(*self.cfg.gap_seconds) * self.sr), np.float32)
+        self.pieces += [gap, clip]
+        start = self.t + len(gap) / self.sr
+        self.t = start + len(clip) / self.sr
+        if label in self.keywords:
+            self.events.append((start, self.t, label))
+        if self.t >= self.cfg.stream_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pieces:
+            self.streams.append(_finish(self.pieces, self.events, self.sr, self.cfg, self.rng))
+            self.done_seconds += self.t
+            self.pieces, self.events, self.t = [], [], 0.0
 
 
 def _trim(clip: np.ndarray, top_db: float = 40.0) -> np.ndarray:
