@@ -7,6 +7,7 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kws_quant import data as kd
 from kws_quant import qat
@@ -114,7 +115,9 @@ def build_model(cfg: dict, data: KWSData, recipe) -> keras.Model:
 
 def compile_model(model, learning_rate: float, decay_steps: int, jit_compile: bool = True) -> None:
     """Adam with cosine decay. XLA fuses the quantizers' elementwise chains: a QAT step then costs what a float
-    step costs (docs/bench_qat_step.md); Keras leaves XLA off on CPU by default."""
+    step costs (docs/bench_qat_step.md); Keras leaves XLA off on CPU by default. XLA is left off when the current
+    strategy spans several replicas: a compiled step cannot reach variables on another logical CPU."""
+    jit_compile = jit_compile and tf.distribute.get_strategy().num_replicas_in_sync == 1
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(decay_steps, 1), alpha=0.05)
     model.compile(keras.optimizers.Adam(schedule), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile)
