@@ -1,0 +1,281 @@
+"""The ASR experiment behind ``python -m asr_ext.train``: corpus → float RNN-T → QAT twins → test WER/CER.
+
+Phases and the run directory are those of the KWS experiment (:mod:`kws_quant.training`): ``float`` first, then one
+phase per recipe in ``config.qat.recipes``, initialised from the float model and trained with the two-stage
+schedule (:class:`kws_quant.qat.TwoStageQAT`: ``stage1_epochs`` with weight quantizers, then ``stage2_epochs`` with
+everything quantized). Each phase ends with greedy (and optionally beam-search) decoding of the test split; the
+metrics land in ``metrics.json`` and the hypotheses in ``<phase>/test_hypotheses.tsv``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+import keras
+import ml_collections
+import pandas as pd
+
+from asr_ext import data as ad
+from asr_ext import decoding
+from asr_ext.models import RNNTConfig, WarmupCosine, build_rnnt
+from asr_ext.rnnt_loss import RNNTLoss
+from asr_ext.text import CharVocabulary
+from kws_quant import qat
+from kws_quant.features import FeatureConfig
+from kws_quant.training import RunDir, make_strategy, resumable_fit, transfer_weights
+
+FLOAT_PHASE = "float"
+SOURCES = ("synthetic", "fsdd", "librispeech")
+
+
+def asr_config() -> ml_collections.ConfigDict:
+    """Defaults shared by the ASR configs in ``configs/asr_*.py``; every field can be overridden on the command line
+    (``--config.train.float_epochs=3``)."""
+    c = ml_collections.ConfigDict()
+    c.name = "asr"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"             # synthetic | fsdd | librispeech
+    c.data.data_dir = ""                    # fsdd / librispeech root; --data_dir sets it
+    c.data.batch_size = 32
+    c.data.buckets = 5                      # length buckets (quantiles of the split's lengths); 1: none
+    c.data.cmvn = True                      # per-utterance mean/variance normalisation of the log-mels
+    c.data.dynamic_range_db = 0.0           # > 0: clamp log-mels this many dB below the utterance maximum
+    c.data.cache_dir = ""                   # synthetic audio cache; empty: ~/.cache/kws_quant/asr_synthetic
+    c.data.synthetic = ml_collections.ConfigDict(dict(
+        utterances=2000, digit_fraction=0.5, digits=(2, 5), sentence_words=(2, 5), seed=0))
+    c.data.fsdd = ml_collections.ConfigDict(dict(
+        utterances=(3000, 300, 500), min_digits=2, max_digits=5, gap_ms=(50.0, 300.0), test_speakers=("jackson",),
+        validation_fraction=0.1,
+        synthetic_train_utterances=0))      # > 0: add eSpeak digit strings (24 voices) to the training split
+    c.data.librispeech = ml_collections.ConfigDict(dict(fractions=(0.8, 0.1, 0.1), max_utterances=0))
+
+    c.augment = ml_collections.ConfigDict(dict(
+        enabled=True, speed=(0.9, 1.1), gain_db=(-6.0, 6.0), noise_prob=0.5, snr_db=(10.0, 30.0), freq_masks=2,
+        freq_mask_width=6, time_masks=2, time_mask_fraction=0.05, mel_warp=(1.0, 1.0)))
+
+    c.features = ml_collections.ConfigDict(dict(
+        sample_rate=16000, n_mels=40, win_ms=25.0, hop_ms=10.0, n_fft=512, fmin=20.0, log_floor=1e-6))
+
+    c.model = ml_collections.ConfigDict(dict(
+        encoder="lstm", frame_stack=2, lstm_units=(192, 192), reduce_after=(0,), reduce_factor=2,
+        conformer_dim=144, conformer_blocks=2, conformer_heads=4, conformer_ff_mult=4, conformer_kernel=15,
+        embed_dim=32, pred_units=(128,), joint_units=160, dropout=0.1))
+
+    c.train = ml_collections.ConfigDict()
+    c.train.float_epochs = 15
+    c.train.learning_rate = 2e-3
+    c.train.warmup_epochs = 1.0
+    c.train.clipnorm = 5.0
+    c.train.stage1_epochs = 3               # QAT: weights quantized (METHODS §3 stage 1)
+    c.train.stage2_epochs = 3               # QAT: + inputs, activations, biases (stage 2)
+    c.train.qat_learning_rate = 5e-4
+    c.train.qat_init_from_float = True
+
+    c.decode = ml_collections.ConfigDict(dict(
+        max_symbols=5,                      # greedy: labels per encoder frame at most
+        beam_size=4,                        # 0: no beam search
+        beam_max_symbols=5,
+        beam_utterances=0))                 # beam-decode only the first N test utterances (0: all)
+
+    c.qat = ml_collections.ConfigDict()
+    c.qat.recipes = ("tanh4",)              # kws_quant.models.recipes presets, one QAT model each
+    return c
+
+
+@dataclasses.dataclass
+class ASRData:
+    """What the phases share: the manifest, vocabulary, feature and model settings, and the datasets."""
+
+    manifest: object
+    vocab: CharVocabulary
+    features: FeatureConfig
+    model_config: RNNTConfig
+    train: object
+    validation: object
+    steps_per_epoch: int
+    summary: dict
+    dataset_args: dict
+
+    def test(self):
+        """Test batches ``(x, y, ids)`` in a fixed order."""
+        return ad.make_asr_dataset(self.manifest, "test", include_ids=True, **self.dataset_args)
+
+
+def load_manifest(cfg: dict):
+    d = cfg["data"]
+    source = d["source"]
+    if source not in SOURCES:
+        raise ValueError(f"config.data.source={source!r} is not allowed; allowed: {', '.join(SOURCES)}")
+    if source == "synthetic":
+        s = d["synthetic"]
+        scfg = ad.SyntheticASRConfig(utterances=s["utterances"], digit_fraction=s["digit_fraction"],
+                                     digits=tuple(s["digits"]), sentence_words=tuple(s["sentence_words"]),
+                                     sample_rate=cfg["features"]["sample_rate"], seed=s["seed"])
+        return ad.synthetic_corpus(scfg, cache_dir=d["cache_dir"] or None)
+    if not d["data_dir"]:
+        raise ValueError(f"config.data.source={source!r} needs a dataset: pass --data_dir")
+    if source == "fsdd":
+        f = d["fsdd"]
+        manifest = ad.fsdd_connected_digits(d["data_dir"], tuple(f["utterances"]), f["min_digits"],
+                                            f["max_digits"], tuple(f["gap_ms"]), tuple(f["test_speakers"]),
+                                            f["validation_fraction"], seed=cfg["seed"])
+        if f["synthetic_train_utterances"]:  # optional: eSpeak voices as extra *training* speakers
+            scfg = ad.SyntheticASRConfig(utterances=f["synthetic_train_utterances"], digit_fraction=1.0,
+                                         digits=(f["min_digits"], f["max_digits"]), validation_voices=(),
+                                         test_voices=(), sample_rate=cfg["features"]["sample_rate"],
+                                         seed=cfg["seed"])
+            extra = ad.synthetic_corpus(scfg, cache_dir=d["cache_dir"] or None)
+            manifest = ad.check_manifest(pd.concat([manifest, extra], ignore_index=True))
+        return manifest
+    ls = d["librispeech"]
+    return ad.read_librispeech(d["data_dir"], tuple(ls["fractions"]), cfg["seed"], ls["max_utterances"] or None)
+
+
+def model_config(cfg: dict) -> RNNTConfig:
+    m = dict(cfg["model"])
+    return RNNTConfig(n_mels=cfg["features"]["n_mels"], **{k: tuple(v) if isinstance(v, list) else v
+                                                           for k, v in m.items()})
+
+
+def prepare_data(cfg: dict) -> ASRData:
+    manifest = load_manifest(cfg)
+    vocab = CharVocabulary()
+    feats = FeatureConfig(**cfg["features"])
+    mcfg = model_config(cfg)
+    d, a = cfg["data"], dict(cfg["augment"])
+    augment = ad.ASRAugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in a.items()
+                                     if k != "enabled"}) if a.pop("enabled") else None
+    assembler = ad.AudioAssembler(feats.sample_rate)
+    common = dict(vocab=vocab, feature_cfg=feats, batch_size=d["batch_size"],
+                  reduction_factors=mcfg.reduction_factors, seed=cfg["seed"], cmvn=d["cmvn"], assembler=assembler,
+                  dynamic_range_db=d["dynamic_range_db"] or None,
+                  num_buckets=d["buckets"])
+    for split in ("train", "test"):  # every split the phases need must exist (validation is optional)
+        if not (manifest["split"] == split).any():
+            raise ValueError(f"the {d['source']} data has no {split} utterances; splits found: "
+                             f"{sorted(manifest['split'].unique())}")
+    train = ad.make_asr_dataset(manifest, "train", augment=augment, **common)
+    validation = ad.make_asr_dataset(manifest, "validation", **common) \
+        if (manifest["split"] == "validation").any() else None
+    # Checks every test transcript now, before any training time is spent.
+    ad.encode_targets(manifest[manifest["split"] == "test"], vocab)
+    return ASRData(manifest, vocab, feats, mcfg, train, validation,
+                   math.ceil(int((manifest["split"] == "train").sum()) / d["batch_size"]),
+                   ad.split_summary(manifest), common)
+
+
+def compile_model(model, learning_rate: float, warmup_steps: int, total_steps: int, clipnorm: float) -> None:
+    """Adam with warm-up + cosine decay and global-norm clipping, ``RNNTLoss``; not XLA-compiled (the loss runs
+    its own XLA kernels, and its input asserts stay active)."""
+    optimizer = keras.optimizers.Adam(WarmupCosine(learning_rate, warmup_steps, total_steps),
+                                      global_clipnorm=clipnorm or None)
+    model.compile(optimizer, RNNTLoss(blank=0), jit_compile=False)
+
+
+def evaluate(model, data: ASRData, cfg: dict, phase_dir: str | None = None) -> dict:
+    """Greedy (and beam-search) decoding of the test split → WER/CER; writes ``test_hypotheses.tsv``."""
+    dcfg = cfg["decode"]
+    manifest_test = data.manifest[data.manifest["split"] == "test"].reset_index(drop=True)
+    refs, hyps, beam_hyps, ids = [], [], [], []
+    beam_left = dcfg["beam_utterances"] or len(manifest_test)
+    start = time.perf_counter()
+    greedy_seconds = beam_seconds = 0.0
+    for x, _, idx in data.test():
+        t0 = time.perf_counter()
+        out, _ = decoding.greedy_decode(model, x["features"], x["feature_lengths"], dcfg["max_symbols"])
+        greedy_seconds += time.perf_counter() - t0
+        idx = idx.numpy()
+        ids += idx.tolist()
+        refs += [data.vocab.normalize(manifest_test["text"][i]) for i in idx]
+        hyps += [data.vocab.decode(h) for h in out]
+        if dcfg["beam_size"] and beam_left > 0:
+            n = min(beam_left, len(idx))
+            t0 = time.perf_counter()
+            best, _ = decoding.beam_search(model, x["features"][:n], x["feature_lengths"][:n], dcfg["beam_size"],
+                                           dcfg["beam_max_symbols"])
+            beam_seconds += time.perf_counter() - t0
+            beam_hyps += [data.vocab.decode(h) for h in best]
+            beam_left -= n
+    metrics = {f"test_{k}": v for k, v in decoding.error_rates(refs, hyps).items()}
+    metrics["greedy_decode_seconds"] = round(greedy_seconds, 2)
+    if beam_hyps:
+        rates = decoding.error_rates(refs[:len(beam_hyps)], beam_hyps)
+        metrics.update({"beam_wer": rates["wer"], "beam_cer": rates["cer"], "beam_utterances": len(beam_hyps),
+                        "beam_size": dcfg["beam_size"], "beam_decode_seconds": round(beam_seconds, 2),
+                        # greedy on the same utterances, for a like-for-like comparison
+                        "greedy_wer_on_beam_utterances": decoding.error_rates(refs[:len(beam_hyps)],
+                                                                              hyps[:len(beam_hyps)])["wer"]})
+    metrics["examples"] = [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]]
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
+    if phase_dir:
+        with open(os.path.join(phase_dir, "test_hypotheses.tsv"), "w", encoding="utf-8") as f:
+            f.write("utt_id\treference\tgreedy\tbeam\n")
+            for j, (i, r, h) in enumerate(zip(ids, refs, hyps)):
+                b = beam_hyps[j] if j < len(beam_hyps) else ""
+                f.write(f"{manifest_test['utt_id'][i]}\t{r}\t{h}\t{b}\n")
+    return metrics
+
+
+def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: ASRData, strategy, init=None,
+                verbose: int = 1) -> keras.Model:
+    """Train (or resume, or reuse) one phase; record its metrics; return the trained model."""
+    if run.is_complete(phase):
+        model = keras.saving.load_model(run.model_path(phase))
+        if "test_wer" not in run.load_metrics().get(phase, {}):
+            run.update_metrics(phase, evaluate(model, data, cfg, run.phase(phase)))
+        return model
+    t = cfg["train"]
+    is_float = phase == FLOAT_PHASE
+    epochs = t["float_epochs"] if is_float else t["stage1_epochs"] + t["stage2_epochs"]
+    if epochs < 1:
+        raise ValueError(f"phase {phase!r} has {epochs} epochs; set config.train."
+                         f"{'float_epochs' if is_float else 'stage1_epochs/stage2_epochs'} to at least 1")
+    with strategy.scope():
+        model = build_rnnt(data.model_config, data.vocab.size, recipe, name=f"rnnt_{recipe}")
+        compile_model(model, t["learning_rate"] if is_float else t["qat_learning_rate"],
+                      int(t["warmup_epochs"] * data.steps_per_epoch) if is_float else 0,
+                      epochs * data.steps_per_epoch, t["clipnorm"])
+    if init is not None:
+        transfer_weights(init, model)
+    callbacks = [] if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=t["stage1_epochs"],
+                                                     verbose=verbose > 0)]
+    print(f"\n== phase {phase}: recipe {recipe!r}, {model.count_params():,} parameters, {epochs} epochs ==")
+    result = resumable_fit(model, run, phase, data.train, epochs, validation_data=data.validation,
+                           callbacks=callbacks, verbose=verbose)
+    run.update_metrics(phase, {"recipe": recipe, "parameters": model.count_params(), "epochs": epochs,
+                               "history": result["history"], "train_seconds_last_session": result["train_seconds"],
+                               "stage": qat.get_stage(model), **evaluate(model, data, cfg, run.phase(phase))})
+    return model
+
+
+def run(cfg: dict, workdir: str, strategy: str = "default", verbose: int = 1) -> dict:
+    """Run every phase of the experiment in ``workdir``; returns the metrics of all phases."""
+    run_dir = RunDir(workdir)
+    run_dir.save_config(cfg)
+    keras.utils.set_random_seed(cfg["seed"])
+    data = prepare_data(cfg)
+    run_dir.update_metrics("data", data.summary)
+    dist = make_strategy(strategy)
+    float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)
+    for recipe in cfg["qat"]["recipes"]:
+        init = float_model if cfg["train"]["qat_init_from_float"] else None
+        train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
+    return run_dir.load_metrics()
+
+
+def format_summary(metrics: dict, workdir: str, seconds: float) -> str:
+    """A markdown table of the phases plus where the results are."""
+    lines = ["", "| model | test WER | test CER | beam WER | parameters | train s |", "|---|---|---|---|---|---|"]
+    for phase, m in metrics.items():
+        if phase == "data":
+            continue
+        beam = f"{m['beam_wer']:.4f}" if "beam_wer" in m else "-"
+        lines.append(f"| {phase} | {m['test_wer']:.4f} | {m['test_cer']:.4f} | {beam} | {m.get('parameters', 0):,} | "
+                     f"{m.get('train_seconds_last_session', 0):.0f} |")
+    lines += ["", f"Results in {workdir}/ (metrics.json, config.json, <phase>/model.keras, <phase>/history.csv, "
+              f"<phase>/test_hypotheses.tsv, <phase>/tensorboard). Total wall time {seconds:.0f} s."]
+    return "\n".join(lines)

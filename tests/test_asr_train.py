@@ -1,0 +1,63 @@
+"""The ASR training script as a user runs it: a tiny synthetic run (float + two-stage QAT), one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import soundfile as sf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "asr_ext.train", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def tiny_args(tmp_path, *extra):
+    return [f"--workdir={tmp_path / 'run'}", "--verbose=2", f"--config.data.cache_dir={tmp_path / 'cache'}",
+            "--config.data.synthetic.utterances=30", "--config.features.sample_rate=8000",
+            "--config.features.n_fft=256", "--config.features.n_mels=20", "--config.data.batch_size=32",
+            "--config.data.buckets=1",
+            "--config.model.lstm_units=(24,)", "--config.model.reduce_after=()", "--config.model.frame_stack=4",
+            "--config.model.pred_units=(16,)", "--config.model.joint_units=16", "--config.model.embed_dim=8",
+            "--config.train.float_epochs=1", "--config.train.stage1_epochs=1", "--config.train.stage2_epochs=1",
+            "--config.decode.beam_utterances=2", *extra]
+
+
+def test_tiny_synthetic_run_float_and_qat(tmp_path):
+    out = run(tiny_args(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "run" / "metrics.json"))
+    assert set(metrics) == {"data", "float", "tanh4"}
+    for phase in ("float", "tanh4"):
+        m = metrics[phase]
+        assert 0.0 <= m["test_wer"] and 0.0 <= m["test_cer"] and m["beam_utterances"] == 2
+        assert (tmp_path / "run" / phase / "model.keras").exists()
+        lines = (tmp_path / "run" / phase / "test_hypotheses.tsv").read_text().splitlines()
+        assert lines[0] == "utt_id\treference\tgreedy\tbeam" and len(lines) == 1 + m["test_utterances"]
+        assert os.listdir(tmp_path / "run" / phase / "tensorboard")
+    assert metrics["tanh4"]["stage"] == 2 and metrics["float"]["stage"] is None  # TwoStageQAT reached stage 2
+    assert len(metrics["tanh4"]["history"]["loss"]) == 2
+    assert set(metrics["data"]) == {"train", "validation", "test"}
+    assert "| tanh4 |" in out.stdout and "Results in" in out.stdout
+
+
+def test_bad_input_gives_one_line_errors(tmp_path):
+    folder = tmp_path / "libri" / "test-clean" / "1" / "2"
+    folder.mkdir(parents=True)
+    sf.write(folder / "1-2-0000.flac", [0.0] * 4000, 8000, format="FLAC")
+    (folder / "1-2.trans.txt").write_text("1-2-0000 HELLO TWENTY 20\n")
+    train = tmp_path / "libri" / "train-clean" / "3" / "4"
+    train.mkdir(parents=True)
+    sf.write(train / "3-4-0000.flac", [0.0] * 4000, 8000, format="FLAC")
+    (train / "3-4.trans.txt").write_text("3-4-0000 HELLO\n")
+    out = run([f"--workdir={tmp_path / 'run'}", "--config.data.source=librispeech", f"--data_dir={tmp_path / 'libri'}",
+               "--config.features.sample_rate=8000", "--config.features.n_fft=256"])
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "1-2.trans.txt line 1" in err and "character '2'" in err, out.stderr
+
+    out = run([f"--workdir={tmp_path / 'run2'}", "--config.data.sorce=fsdd"])
+    assert out.returncode == 2 and "unknown config key" in out.stderr and "Traceback" not in out.stderr
