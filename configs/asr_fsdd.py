@@ -22,7 +22,7 @@ def get_config():
     config.model.lstm_units = (160, 160)
     config.model.dropout = 0.2
     config.augment.mel_warp = (0.85, 1.15)
-    config.train.float_epochs = 5
+    config.train.float_epochs = 10
     config.train.stage1_epochs = 2
     config.train.stage2_epochs = 2
     return config

@@ -113,15 +113,19 @@ def relative_to_float(points: pd.DataFrame, reference: str = "float") -> pd.Data
 
 
 def plot_det(results, path: str, keywords) -> None:
-    """FRR (%) against false accepts per hour (log scale), one line per model, one panel per keyword."""
+    """FRR (%) against false accepts per hour (log scale), one line per model, one panel per keyword (rows of 4)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(keywords)
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
-    for ax, kw in zip(axes[0], keywords):
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, kw in zip(axes.flat, keywords):
         for r in results:
             env = r.curves[kw].envelope()
             fa = np.maximum(env["fa_per_hour"].to_numpy(float), 1e-2)  # FA/h = 0 drawn at the axis floor
@@ -190,7 +194,7 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
     for r in results:
         pd.concat([c.to_frame().assign(keyword=k) for k, c in r.curves.items()]).to_csv(
             os.path.join(out_dir, f"det_{r.name}.csv"), index=False)
-    plot_det(results, paths["det_png"], keywords[:4])
+    plot_det(results, paths["det_png"], keywords)
     plot_memory(memory, paths["memory_png"])
 
     summary = summary_table(points)
