@@ -399,9 +399,7 @@ class ASRAugmentConfig:
 
 def augment_waveform(audio: np.ndarray, cfg: ASRAugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Speed (length changes), gain and noise on one waveform; deterministic for ``rng``."""
-    factor = rng.uniform(*cfg.speed)
-    if factor != 1.0 and audio.size > 1:
-        audio = np.interp(np.arange(0.0, audio.size - 1, factor), np.arange(audio.size), audio).astype(np.float32)
+    audio = kd.change_speed(audio, rng.uniform(*cfg.speed))
     aug = kd.AugmentConfig(noise_prob=cfg.noise_prob, snr_db=tuple(cfg.snr_db), gain_db=tuple(cfg.gain_db),
                            max_shift=0)
     return kd.augment(audio, aug, rng)

@@ -24,6 +24,7 @@ from kws_quant.data.augmentation import (
     power,
     random_gain,
     random_segment,
+    change_speed,
     speed_perturb,
     time_shift,
 )
@@ -49,6 +50,6 @@ __all__ = [
     "check_audio_file", "check_speaker_disjoint", "check_voice", "coloured_noise", "default_cache_dir",
     "find_bad_files", "fit_length", "keyword_label", "label_indices", "list_voices", "load_audio", "load_audio_files",
     "make_dataset", "mix_at_snr", "power", "random_gain", "random_segment", "read_csv_manifest", "read_fsdd",
-    "read_speech_commands", "relabel_unknown", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
+    "read_speech_commands", "relabel_unknown", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
     "to_mono_rate", "validate_manifest", "write_wav",
 ]

@@ -96,12 +96,19 @@ class AugmentConfig:
     speed: tuple[float, float] = (1.0, 1.0)
 
 
-def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
-    """Play ``x`` ``factor`` times faster (linear interpolation), then zero-pad or centre-crop to its length."""
-    n = x.shape[0]
-    if factor == 1.0 or n < 2:
+def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``x`` ``factor`` times faster (linear interpolation): about ``len(x) / factor`` samples."""
+    if factor == 1.0 or x.shape[0] < 2:
         return x
-    out = np.interp(np.arange(0.0, n - 1, factor), np.arange(n), x).astype(np.float32)
+    return np.interp(np.arange(0.0, x.shape[0] - 1, factor), np.arange(x.shape[0]), x).astype(np.float32)
+
+
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """:func:`change_speed`, then zero-pad or centre-crop to the original length."""
+    n = x.shape[0]
+    out = change_speed(x, factor)
+    if out.shape[0] == n:
+        return out
     if out.shape[0] >= n:
         start = (out.shape[0] - n) // 2
         return out[start:start + n]
