@@ -1,5 +1,6 @@
 # Sourced by the quick-start scripts: make .venv with Python 3.11 and install the project into it (once per change of
-# setup.py). Set KWS_PYTHON to choose the interpreter.
+# setup.py). Set KWS_PYTHON to choose the interpreter and KWS_EXTRAS (e.g. dev,litert) to add setup.py extras.
+# Takes no arguments: a sourced file sees its caller's arguments, which are flags for the caller's command.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -8,7 +9,7 @@ PY="${KWS_PYTHON:-$(command -v python3.11 || command -v python3)}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-EXTRAS="${1:-}"
+EXTRAS="${KWS_EXTRAS:-}"
 STAMP=".venv/.installed-$(cat setup.py | sha1sum | cut -c1-12)${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$STAMP" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip

@@ -169,3 +169,17 @@ def test_keyword_not_in_the_data_is_named(tmp_path):
     _digit_tree(tmp_path, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"keyword label\(s\) \['eleven'\] from config.data.keywords have no clips"):
         load_manifest(_fsdd_cfg(tmp_path, keywords=("zero", "eleven")))
+
+
+def test_quick_start_scripts_pass_flags_through(tmp_path):
+    """``bash scripts/demo.sh --data_dir=...``: the sourced installer must leave the caller's flags alone."""
+    import glob
+
+    if not glob.glob(os.path.join(ROOT, ".venv", ".installed-*-dev,litert,tfmot")):
+        pytest.skip("needs the .venv that scripts/test.sh installs")
+    flags = ["--data_dir=../shared/data/fsdd", "--config.train.float_epochs=3"]
+    script = 'KWS_EXTRAS=dev,litert,tfmot; source scripts/env.sh; printf "%s\\n" "$@"'
+    out = subprocess.run(["bash", "-c", script, "demo", *flags], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == flags
