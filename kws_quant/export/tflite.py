@@ -102,13 +102,16 @@ class UnsupportedModelError(ValueError):
 # ------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _FakeQuant:
-    """A quantization point. ``lo is None`` marks where a quantizer is needed but the layer has none."""
+    """A quantization point. ``lo is None`` marks where a quantizer is needed but the layer has none.
+    ``grid``: the Keras quantizer's own int8 ``(float32 scale, zero point)``, written over the converter's (which it
+    derives from ``lo, hi`` in float64 and can differ in the last bit); ``None`` keeps the converter's."""
 
     owner: str
     role: str
     lo: float | None = None
     hi: float | None = None
     narrow: bool = False
+    grid: tuple | None = None
 
     def apply(self, x, quantize):
         if not quantize or self.lo is None:
@@ -312,10 +315,12 @@ def _data_fake_quant(layer, role: str, quantize: bool) -> list:
         raise UnsupportedModelError(f"{where}: the moving-average range was never updated; train the model in stage 2 "
                                     "(or run it with training=True on data) before exporting")
     lo, hi = min(float(np.asarray(state["min"])), 0.0), max(float(np.asarray(state["max"])), 0.0)
+    ic = q.codes(np.zeros((), np.float32), state)
+    grid = (float(ic.scale), int(ic.zero_point) - (0 if ic.signed else 2 ** (q.bits - 1)))
     if state["symmetric"]:
         m = max(abs(lo), abs(hi), 1e-8)
-        return [_FakeQuant(layer.name, role, -m, m, narrow=True)]
-    return [_FakeQuant(layer.name, role, lo, max(hi, lo + 1e-8))]  # LinearQuantizer._grid's widening
+        return [_FakeQuant(layer.name, role, -m, m, narrow=True, grid=grid)]
+    return [_FakeQuant(layer.name, role, lo, max(hi, lo + 1e-8), grid=grid)]  # LinearQuantizer._grid's widening
 
 
 def _weight_value(layer, role: str, tensor, stage: int, cache: dict) -> np.ndarray:
@@ -653,6 +658,28 @@ def _set_quant(t, scale, axis=0):
     t.quantization.min = t.quantization.max = None
 
 
+def _exact_grids(m, sg, found: list, ops: list) -> None:
+    """Give the int8 activation tensors around each dense/conv op the Keras quantizers' own grids
+    (``_FakeQuant.grid``), so the integer requantization multipliers are the ones the model (and
+    :mod:`asr_ext.quant.nna`'s emulation) computes from them. Every activation tensor carrying the converter's version
+    of such a grid (a RESHAPE or pooling keeps it) gets the exact one."""
+    swap = {}
+    for op, i in zip(found, [i for i, o in enumerate(ops) if isinstance(o, _Linear)]):
+        before = next((o for o in reversed(ops[:i]) if isinstance(o, _FakeQuant)), None)
+        after = next((o for o in ops[i + 1:] if not isinstance(o, _Act)), None)
+        for t, fq in ((op.inputs[0], before), (op.outputs[0], after)):
+            q = sg.tensors[t].quantization
+            if isinstance(fq, _FakeQuant) and fq.grid is not None and q is not None and q.scale is not None:
+                swap[(float(q.scale[0]), int(q.zeroPoint[0]))] = fq.grid
+    for t in sg.tensors:
+        q = t.quantization
+        if q is None or q.scale is None or len(q.scale) != 1 or m.buffers[t.buffer].data is not None:
+            continue  # not a per-tensor activation
+        grid = swap.get((float(q.scale[0]), int(q.zeroPoint[0])))
+        if grid is not None:
+            q.scale, q.zeroPoint = [grid[0]], [grid[1]]
+
+
 def _patch(tflite_bytes: bytes, ops: list, int4: bool) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
@@ -664,6 +691,7 @@ def _patch(tflite_bytes: bytes, ops: list, int4: bool) -> bytes:
     if len(found) != len(linear_ops):
         raise RuntimeError(f"the converter produced {len(found)} FULLY_CONNECTED/CONV_2D ops for {len(linear_ops)} "
                            "dense/conv layers; cannot match weights to layers")
+    _exact_grids(m, sg, found, ops)
     for op, lin in zip(found, linear_ops):
         in_t, w_t = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]]
         if w_t.type != schema.TensorType.INT8 or in_t.type != schema.TensorType.INT8:

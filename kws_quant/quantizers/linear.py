@@ -12,6 +12,14 @@ from kws_quant.quantizers.registry import register_quantizer
 _EPS = 1e-8
 
 
+def _div(x, d: float):
+    """``x / d`` rounded once to ``x``'s dtype, identically in eager, graph and XLA mode. (There a division by a
+    constant becomes a multiplication by its reciprocal, which differs in the last bit for most values; a float64
+    quotient rounded to float32 is exactly the IEEE float32 quotient, rewritten or not.) Scales are thus the same in
+    training, inference and export, which the integer requantization of an int8 model depends on."""
+    return ops.cast(ops.divide(ops.cast(x, "float64"), d), x.dtype)
+
+
 @register_quantizer
 class LinearQuantizer(Quantizer):
     """Uniform b-bit quantizer with a straight-through gradient that is zero outside the clip range.
@@ -96,7 +104,7 @@ class LinearQuantizer(Quantizer):
         lo, hi = self._range(x, state)
         if state["symmetric"]:
             qmax = 2.0 ** (self.bits - 1) - 1.0
-            scale = ops.maximum(ops.maximum(ops.abs(lo), ops.abs(hi)), _EPS) / qmax
+            scale = _div(ops.maximum(ops.maximum(ops.abs(lo), ops.abs(hi)), _EPS), qmax)
             xc = ops.clip(x, -scale * qmax, scale * qmax)
             n = ops.clip(ops.round(x / scale), -qmax, qmax)
             return xc, n, scale, ops.zeros_like(scale), n * scale
@@ -109,7 +117,7 @@ class LinearQuantizer(Quantizer):
         x_q = ops.cast(fq(ops.cast(x, "float32"), lo, hi, num_bits=self.bits), x.dtype)
         # The op's nudge (fake_quant_ops_functor.h): integer zero point, scale = (hi - lo) / (2^b - 1).
         qmax = 2.0 ** self.bits - 1.0
-        scale = (hi - lo) / qmax
+        scale = _div(hi - lo, qmax)
         zero_point = ops.clip(ops.floor(0.0 - lo / scale + 0.5), 0.0, qmax)
         n = ops.round(ops.cast(x_q, "float32") / scale) + zero_point
         return x, n, scale, zero_point, x_q
