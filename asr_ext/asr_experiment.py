@@ -1,10 +1,12 @@
 """The ASR experiment behind ``python -m asr_ext.train``: corpus → float RNN-T → QAT twins → test WER/CER.
 
 Phases and the run directory are those of the KWS experiment (:mod:`kws_quant.training`): ``float`` first, then one
-phase per recipe in ``config.qat.recipes``, initialised from the float model and trained with the two-stage
-schedule (:class:`kws_quant.qat.TwoStageQAT`: ``stage1_epochs`` with weight quantizers, then ``stage2_epochs`` with
-everything quantized). Each phase ends with greedy (and optionally beam-search) decoding of the test split; the
-metrics land in ``metrics.json`` and the hypotheses in ``<phase>/test_hypotheses.tsv``.
+phase per recipe in ``config.qat.recipes`` and per method in ``config.qat.methods`` (:mod:`asr_ext.methods`: S8BQAT,
+GQ, native-int Conformer, NNA), initialised from the float model and trained with the two-stage schedule
+(:class:`kws_quant.qat.TwoStageQAT`: ``stage1_epochs`` with weight quantizers, then ``stage2_epochs`` with
+everything quantized). A method on another encoder first gets that encoder's float phase (``float_conformer``).
+Each phase ends with greedy (and optionally beam-search) decoding of the test split; the metrics (with weight bits
+and weight memory) land in ``metrics.json`` and the hypotheses in ``<phase>/test_hypotheses.tsv``.
 """
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ import ml_collections
 import pandas as pd
 
 from asr_ext import data as ad
-from asr_ext import decoding
-from asr_ext.models import RNNTConfig, WarmupCosine, build_rnnt
+from asr_ext import decoding, methods
+from asr_ext.models import RNNTConfig, WarmupCosine
 from asr_ext.rnnt_loss import RNNTLoss
 from asr_ext.text import CharVocabulary
 from kws_quant import qat
 from kws_quant.features import FeatureConfig
-from kws_quant.training import RunDir, make_strategy, resumable_fit, transfer_weights
+from kws_quant.training import RunDir, make_strategy, resumable_fit
 
 FLOAT_PHASE = "float"
 SOURCES = ("synthetic", "fsdd", "librispeech")
@@ -74,6 +76,7 @@ def asr_config() -> ml_collections.ConfigDict:
     c.train.stage2_epochs = 3               # QAT: + inputs, activations, biases (stage 2)
     c.train.qat_learning_rate = 5e-4
     c.train.qat_init_from_float = True
+    c.train.other_float_epochs = 0          # float_<encoder> phase of a method on another encoder; 0: float_epochs
 
     c.decode = ml_collections.ConfigDict(dict(
         max_symbols=5,                      # greedy: labels per encoder frame at most
@@ -83,6 +86,9 @@ def asr_config() -> ml_collections.ConfigDict:
 
     c.qat = ml_collections.ConfigDict()
     c.qat.recipes = ("tanh4",)              # kws_quant.models.recipes presets, one QAT model each
+    c.qat.methods = ()                      # asr_ext.methods names (s8bqat5, gq4, gq_mixed14, native4_conformer, ...)
+    for key, options in methods.OPTIONS.items():  # their settings: config.qat.s8bqat.lam, config.qat.gq.tau_min, ...
+        c.qat[key] = ml_collections.ConfigDict(options)
     return c
 
 
@@ -141,8 +147,9 @@ def model_config(cfg: dict) -> RNNTConfig:
                                                            for k, v in m.items()})
 
 
-def prepare_data(cfg: dict) -> ASRData:
-    manifest = load_manifest(cfg)
+def prepare_data(cfg: dict, manifest=None) -> ASRData:
+    """Datasets for ``cfg`` (its model's time reductions set the targets' logit lengths); ``manifest``: reuse one."""
+    manifest = load_manifest(cfg) if manifest is None else manifest
     vocab = CharVocabulary()
     feats = FeatureConfig(**cfg["features"])
     mcfg = model_config(cfg)
@@ -170,10 +177,12 @@ def prepare_data(cfg: dict) -> ASRData:
 
 def compile_model(model, learning_rate: float, warmup_steps: int, total_steps: int, clipnorm: float) -> None:
     """Adam with warm-up + cosine decay and global-norm clipping, ``RNNTLoss``; not XLA-compiled (the loss runs
-    its own XLA kernels, and its input asserts stay active)."""
+    its own XLA kernels, and its input asserts stay active). The optimizer's variables are created here: created
+    inside the first train step, they make TensorFlow trace that step twice."""
     optimizer = keras.optimizers.Adam(WarmupCosine(learning_rate, warmup_steps, total_steps),
                                       global_clipnorm=clipnorm or None)
     model.compile(optimizer, RNNTLoss(blank=0), jit_compile=False)
+    optimizer.build(model.trainable_variables)
 
 
 def evaluate(model, data: ASRData, cfg: dict, phase_dir: str | None = None) -> dict:
@@ -225,30 +234,37 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: ASRData, strat
     """Train (or resume, or reuse) one phase; record its metrics; return the trained model."""
     if run.is_complete(phase):
         model = keras.saving.load_model(run.model_path(phase))
-        if "test_wer" not in run.load_metrics().get(phase, {}):
-            run.update_metrics(phase, evaluate(model, data, cfg, run.phase(phase)))
+        if "test_wer" not in run.load_metrics().get(phase, {}):  # e.g. a float phase copied from another run
+            run.update_metrics(phase, {"recipe": recipe, "encoder": data.model_config.encoder,
+                                       "parameters": model.count_params(), **methods.weight_report(model),
+                                       **evaluate(model, data, cfg, run.phase(phase))})
         return model
     t = cfg["train"]
-    is_float = phase == FLOAT_PHASE
-    epochs = t["float_epochs"] if is_float else t["stage1_epochs"] + t["stage2_epochs"]
+    is_float = recipe == "float"
+    if is_float:  # float_<encoder> phases (another encoder's float model) may have their own length
+        key = "train.other_float_epochs" if phase != FLOAT_PHASE and t["other_float_epochs"] else "train.float_epochs"
+        stages = (t[key.split(".")[1]], 0)
+    else:
+        stages, key = methods.stage_epochs(recipe, cfg)
+    epochs = sum(stages)
     if epochs < 1:
-        raise ValueError(f"phase {phase!r} has {epochs} epochs; set config.train."
-                         f"{'float_epochs' if is_float else 'stage1_epochs/stage2_epochs'} to at least 1")
+        raise ValueError(f"phase {phase!r} has {epochs} epochs; set config.{key} to at least 1")
     with strategy.scope():
-        model = build_rnnt(data.model_config, data.vocab.size, recipe, name=f"rnnt_{recipe}")
+        setup = methods.build(recipe, cfg, data, init, epochs, run.phase(phase))
+        model = setup.model
         compile_model(model, t["learning_rate"] if is_float else t["qat_learning_rate"],
                       int(t["warmup_epochs"] * data.steps_per_epoch) if is_float else 0,
                       epochs * data.steps_per_epoch, t["clipnorm"])
-    if init is not None:
-        transfer_weights(init, model)
-    callbacks = [] if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=t["stage1_epochs"],
-                                                     verbose=verbose > 0)]
+    callbacks = setup.callbacks if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=stages[0],
+                                                                  verbose=verbose > 0), *setup.callbacks]
     print(f"\n== phase {phase}: recipe {recipe!r}, {model.count_params():,} parameters, {epochs} epochs ==")
     result = resumable_fit(model, run, phase, data.train, epochs, validation_data=data.validation,
                            callbacks=callbacks, verbose=verbose)
-    run.update_metrics(phase, {"recipe": recipe, "parameters": model.count_params(), "epochs": epochs,
+    run.update_metrics(phase, {"recipe": recipe, "encoder": data.model_config.encoder,
+                               "parameters": model.count_params(), "epochs": epochs, **setup.info,
                                "history": result["history"], "train_seconds_last_session": result["train_seconds"],
-                               "stage": qat.get_stage(model), **evaluate(model, data, cfg, run.phase(phase))})
+                               "stage": qat.get_stage(model), **methods.weight_report(model),
+                               **evaluate(model, data, cfg, run.phase(phase))})
     return model
 
 
@@ -256,25 +272,53 @@ def run(cfg: dict, workdir: str, strategy: str = "default", verbose: int = 1) ->
     """Run every phase of the experiment in ``workdir``; returns the metrics of all phases."""
     run_dir = RunDir(workdir)
     run_dir.save_config(cfg)
+    names = [*cfg["qat"]["recipes"], *cfg["qat"]["methods"]]
+    for name in cfg["qat"]["methods"]:
+        methods.parse(name)  # bad names fail before any training
+    if len(set(names)) < len(names) or FLOAT_PHASE in names:
+        raise ValueError(f"config.qat.recipes + config.qat.methods must name distinct QAT phases (not "
+                         f"{FLOAT_PHASE!r}); got {names}")
     keras.utils.set_random_seed(cfg["seed"])
     data = prepare_data(cfg)
     run_dir.update_metrics("data", data.summary)
     dist = make_strategy(strategy)
-    float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)
-    for recipe in cfg["qat"]["recipes"]:
-        init = float_model if cfg["train"]["qat_init_from_float"] else None
-        train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
+    floats = {}  # encoder -> (its data, its trained float model)
+
+    def float_model(encoder):
+        if encoder not in floats:
+            own = encoder in (None, data.model_config.encoder)
+            d = data if own else prepare_data({**cfg, "model": {**cfg["model"], "encoder": encoder}}, data.manifest)
+            phase = FLOAT_PHASE if own else f"{FLOAT_PHASE}_{encoder}"
+            floats[encoder] = d, train_phase(run_dir, phase, "float", cfg, d, dist, verbose=verbose)
+        return floats[encoder]
+
+    float_model(None)
+    for name in names:
+        d, init = float_model(methods.parse(name).encoder if name in cfg["qat"]["methods"] else None)
+        train_phase(run_dir, name, name, cfg, d, dist, init=init if cfg["train"]["qat_init_from_float"] else None,
+                    verbose=verbose)
     return run_dir.load_metrics()
 
 
 def format_summary(metrics: dict, workdir: str, seconds: float) -> str:
-    """A markdown table of the phases plus where the results are."""
-    lines = ["", "| model | test WER | test CER | beam WER | parameters | train s |", "|---|---|---|---|---|---|"]
-    for phase, m in metrics.items():
-        if phase == "data":
-            continue
+    """A markdown table of the phases plus where the results are.
+
+    ``vs float``: relative test-WER change against the float phase of the same encoder; weight memory in kB
+    (1000 bytes) from :func:`asr_ext.methods.weight_report`: bit-packed, and in 8-bit containers.
+    """
+    phases = {k: m for k, m in metrics.items() if k != "data"}
+    floats = {m.get("encoder"): m["test_wer"] for m in phases.values() if m.get("recipe") == "float"}
+    lines = ["", "| model | encoder | test WER | vs float | test CER | beam WER | weight bits | weights kB packed | "
+             "weights kB int8 | parameters | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for phase, m in phases.items():
         beam = f"{m['beam_wer']:.4f}" if "beam_wer" in m else "-"
-        lines.append(f"| {phase} | {m['test_wer']:.4f} | {m['test_cer']:.4f} | {beam} | {m.get('parameters', 0):,} | "
+        ref = floats.get(m.get("encoder"))
+        rel = f"{(m['test_wer'] - ref) / ref:+.1%}" if ref and m.get("recipe") != "float" else "-"
+        bits = "/".join(map(str, sorted(set(m.get("weight_bits", {}).values())))) or "-"
+        mem = m.get("weight_memory", {})
+        lines.append(f"| {phase} | {m.get('encoder', '-')} | {m['test_wer']:.4f} | {rel} | {m['test_cer']:.4f} | "
+                     f"{beam} | {bits} | {mem.get('packed_bytes', 0) / 1000:.1f} | "
+                     f"{mem.get('int8_container_bytes', 0) / 1000:.1f} | {m.get('parameters', 0):,} | "
                      f"{m.get('train_seconds_last_session', 0):.0f} |")
     lines += ["", f"Results in {workdir}/ (metrics.json, config.json, <phase>/model.keras, <phase>/history.csv, "
               f"<phase>/test_hypotheses.tsv, <phase>/tensorboard). Total wall time {seconds:.0f} s."]

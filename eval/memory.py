@@ -30,13 +30,15 @@ COLUMNS = ["layer", "type", "params", "model_bits", "weight_bits", "weight_bytes
            "note"]
 """Per-layer columns. ``params``: stored values (after batch-norm folding; scales excluded). ``model_bits``: the
 kernel quantizer's bits (32 float); ``weight_bits``: bits per stored kernel value on the target. ``weight_bytes``:
-kernel; ``bias_bytes``: biases and batch-norm offsets; ``gain_bytes``: unfolded batch-norm gains and other
-parameters; ``scale_bytes``: float32 scales and zero points; ``param_bytes``: their sum. ``activation_bytes``:
+kernels (an LSTM's input and recurrent kernels); ``bias_bytes``: biases and batch-norm offsets; ``gain_bytes``:
+unfolded batch-norm gains and other parameters; ``scale_bytes``: float32 scales, zero points and codebooks;
+``param_bytes``: their sum. ``activation_bytes``:
 input + output buffers (TOTAL row: the largest, not a sum). ``float32_bytes = 4·params``, ``int8_bytes = params``;
 ``vs_float32 = float32_bytes / param_bytes``, ``vs_int8 = int8_bytes / param_bytes`` (reduction factors)."""
 
 
-def project_memory(model, preset="arm-neon", word_bits: int | None = None, packed: bool | None = None) -> pd.DataFrame:
+def project_memory(model, preset="arm-neon", word_bits: int | None = None, packed: bool | None = None,
+                   activations: bool = True) -> pd.DataFrame:
     """Per-layer memory of ``model`` deployed with ``preset``, plus a ``TOTAL`` row.
 
     Args:
@@ -45,6 +47,8 @@ def project_memory(model, preset="arm-neon", word_bits: int | None = None, packe
         preset: ``"arm-neon"``, ``"nna-1bit"``, ``"nna-5bit"``, a :class:`MemoryPreset` or a dict of its fields.
         word_bits: overrides the preset's word size (8, 16, 32 or 64 bits).
         packed: overrides the preset's packing (``arm-neon`` with ``packed=True``: sub-8-bit weights bit-packed).
+        activations: ``False``: weights only; activation and stream buffers count 0 bytes (models with a variable
+            time axis, e.g. the RNN-T, whose buffers depend on the utterance length).
 
     Returns:
         A DataFrame with :data:`COLUMNS`, one row per non-input layer and a final ``TOTAL`` row, all sizes in bytes.
@@ -65,14 +69,14 @@ def project_memory(model, preset="arm-neon", word_bits: int | None = None, packe
         warnings.warn(f"project_memory: {notes[-1]}", stacklevel=2)
     elif float_kernels:
         notes.append(f"float kernels counted at 32 bits: {', '.join(float_kernels)}")
-    rows = [_layer_row(p, preset.word_bits) for p in plans]
+    rows = [_layer_row(p, preset.word_bits, activations) for p in plans]
     df = pd.DataFrame(rows, columns=COLUMNS)
     total = _total_row(df)
     df = pd.concat([df, pd.DataFrame([total], columns=COLUMNS)], ignore_index=True)
     for col in ("model_bits", "weight_bits"):
         df[col] = df[col].astype("Int64")
     stream = sum(segment_nbytes(_elements(tuple(t.shape[1:]), "model input"), b, preset.word_bits)
-                 for t, b in zip(model.inputs, model_input_bits(model)))
+                 for t, b in zip(model.inputs, model_input_bits(model))) if activations else 0
     df.attrs["summary"] = {
         "preset": preset.name, "word_bits": preset.word_bits, "packed": preset.packed,
         "param_bytes": int(total["param_bytes"]), "peak_activation_bytes": int(total["activation_bytes"]),
@@ -89,19 +93,22 @@ def _elements(shape: tuple, what: str) -> int:
     return math.prod(shape)
 
 
-def _layer_row(plan, word_bits: int) -> dict:
+def _layer_row(plan, word_bits: int, activations: bool = True) -> dict:
     by = {"weight_bytes": 0, "bias_bytes": 0, "gain_bytes": 0, "scale_bytes": 0}
     kernel = next((t for t in plan.tensors if t.role == "kernel"), None)
     for t in plan.tensors:
         sizes = t.nbytes(word_bits)
         data = sizes.get("codes", sizes.get("values"))
-        column = {"kernel": "weight_bytes", "bias": "bias_bytes", "offset": "bias_bytes"}.get(t.role, "gain_bytes")
+        column = "weight_bytes" if t.role.endswith("kernel") else {"bias": "bias_bytes", "offset": "bias_bytes"}.get(
+            t.role, "gain_bytes")  # kernels: also an LSTM's recurrent_kernel
         by[column] += data
-        by["scale_bytes"] += sizes.get("scale", 0) + sizes.get("zero_point", 0)
+        by["scale_bytes"] += sizes.get("scale", 0) + sizes.get("zero_point", 0) + sizes.get("codebook", 0)
     params = sum(t.count for t in plan.tensors)
     param_bytes = sum(by.values())
     if plan.folded_into:
         activation, note = 0, f"folded into {plan.folded_into}"
+    elif not activations:
+        activation, note = 0, ""
     elif plan.front_end:  # runs per frame on float features before the window buffer: one frame in, one out
         frame = plan.output_shape[-1]
         activation = segment_nbytes(frame, FLOAT_BITS, word_bits) + segment_nbytes(frame, plan.output_bits, word_bits)

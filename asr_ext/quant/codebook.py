@@ -7,44 +7,10 @@ bit for bit.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from keras import ops
 
-
-@dataclasses.dataclass(frozen=True)
-class CodebookCodes:
-    """What an export writes for a codebook quantizer: ``value = codebook[indices]``.
-
-    :class:`kws_quant.quantizers.IntegerCodes` describes affine grids (``scale * (codes - zero_point)``) and cannot
-    hold a non-uniform codebook, hence this container.
-
-    Attributes:
-        indices: unsigned integer array (``uint8``, values in ``[0, 2^bits)``) with the quantized tensor's shape.
-        codebook: float32 array of shape ``(2^bits,)``, sorted ascending (it may repeat values).
-        bits: bit width b of each index.
-    """
-
-    indices: np.ndarray
-    codebook: np.ndarray
-    bits: int
-
-    def __post_init__(self):
-        if self.codebook.ndim != 1 or len(self.codebook) != 2 ** self.bits:
-            raise ValueError(f"CodebookCodes: codebook of shape {self.codebook.shape} does not hold 2^{self.bits} "
-                             f"= {2 ** self.bits} entries")
-        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= len(self.codebook)):
-            raise ValueError(f"CodebookCodes: indices outside [0, {len(self.codebook)})")
-
-    @property
-    def num_values(self) -> int:
-        """Distinct values the tensor actually takes."""
-        return len(np.unique(self.dequantize()))
-
-    def dequantize(self) -> np.ndarray:
-        """The real values, float32, same shape as ``indices``."""
-        return self.codebook[self.indices.astype(np.int64)].astype(np.float32)
+from kws_quant.quantizers.base import CodebookCodes  # noqa: F401  (re-exported: asr_ext.quant.CodebookCodes)
 
 
 def boundaries(centroids) -> np.ndarray:

@@ -12,10 +12,13 @@ Storage rules (shared with :mod:`eval.memory`, which projects sizes from the sam
   straddle words), and the stream is cut into little-endian words of ``word_bits``.
 - Every segment is rounded up to whole words on its own: ``ceil(count·bits / word_bits)`` words
   (:func:`segment_nbytes`), zero-padded, so every segment starts on a word boundary.
+- A codebook-quantized tensor (:class:`~kws_quant.quantizers.CodebookCodes`: S8BQAT, GQ) is stored as its
+  ``b``-bit indices (unsigned, in ``storage_bits``) and its codebook (``2^b`` float32 values).
 - An unquantized (float) tensor is one segment of float32 values (32 bits each).
-- Batch-norm directly after a dense/conv layer (its only consumer, no activation or output quantizer between) is
-  folded: its gain multiplies the linear layer's per-channel scale (codes unchanged, scale becomes
-  ``scale·gain``, float32 ``(channels,)``), its offset becomes the bias. Without a bias of its own the layer's bias
+- Batch-norm directly after a dense/conv layer (its only consumer, no activation or output quantizer between, a
+  kernel that is not codebook-quantized: one codebook per tensor cannot absorb per-channel gains) is folded: its
+  gain multiplies the linear layer's per-channel scale (codes unchanged, scale becomes ``scale·gain``, float32
+  ``(channels,)``), its offset becomes the bias. Without a bias of its own the layer's bias
   *is* the offset (its codes, scale and bits); with one, ``gain·bias + offset`` is not on any grid and is stored
   float32. A batch-norm with no such predecessor (e.g. the KWS model's ``bn_in``) is stored standalone.
 """
@@ -30,7 +33,7 @@ import numpy as np
 
 from kws_quant.layers import QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense
 from kws_quant.layers.base import QuantLayer
-from kws_quant.quantizers import IntegerCodes
+from kws_quant.quantizers import CodebookCodes, IntegerCodes
 
 FORMAT = "kws-quant-packed/1"
 MANIFEST = "manifest.json"
@@ -89,7 +92,7 @@ class MemoryPreset:
 
     def width(self, layer: str, role: str, bits: int) -> int:
         """Bits per stored value of a quantized tensor whose quantizer has ``bits``."""
-        if role == "kernel" and self.kernel_bits is not None:
+        if role.endswith("kernel") and self.kernel_bits is not None:  # an LSTM's recurrent_kernel too
             fits = [w for w in self.kernel_bits if w >= bits]
             if not fits:
                 raise ValueError(f"layer {layer!r} {role}: the model's quantizer has {bits} bits, more than preset "
@@ -152,7 +155,7 @@ class StoredTensor:
         quantizer: the quantizer's repr, ``None`` when float.
         bits: the quantizer's bits (32 when float).
         storage_bits: bits per stored value (the preset's deployment width).
-        codes: integer codes, ``None`` when float.
+        codes: integer codes or codebook indices (:class:`CodebookCodes`), ``None`` when float.
         values: float32 values (``codes.dequantize()`` when quantized), the tensor's shape.
     """
 
@@ -169,9 +172,12 @@ class StoredTensor:
         return int(self.values.size)
 
     def segments(self) -> dict:
-        """``{segment: (count, bits)}`` in payload order: codes, scale, zero point (unsigned grids) or float values."""
+        """``{segment: (count, bits)}`` in payload order: codes, then scale and zero point (unsigned grids) or the
+        codebook; float values for a float tensor."""
         if self.codes is None:
             return {"values": (self.count, FLOAT_BITS)}
+        if isinstance(self.codes, CodebookCodes):
+            return {"codes": (self.count, self.storage_bits), "codebook": (int(self.codes.codebook.size), FLOAT_BITS)}
         seg = {"codes": (self.count, self.storage_bits), "scale": (int(self.codes.scale.size), FLOAT_BITS)}
         if not self.codes.signed:
             seg["zero_point"] = (int(np.size(self.codes.zero_point)), FLOAT_BITS)
@@ -336,7 +342,8 @@ def _foldable(linear, bn, consumers) -> bool:
     """BN folds into ``linear`` when it is the linear layer's only reader and nothing sits between them."""
     return (isinstance(linear, _LINEAR_OPS) and linear.activation is keras.activations.linear
             and "output" not in linear.quantizers and "input" not in bn.quantizers
-            and len(consumers.get(id(linear.output), [])) == 1)
+            and len(consumers.get(id(linear.output), [])) == 1
+            and not isinstance(linear.quantized_weights().get("kernel"), CodebookCodes))
 
 
 def _activation_name(layer) -> str | None:
@@ -432,6 +439,9 @@ def _encode(t: StoredTensor, word_bits: int) -> dict:
     if t.codes is None:
         return {"values": _words(t.values.astype("<f4").tobytes(), word_bits)}
     c = t.codes
+    if isinstance(c, CodebookCodes):
+        return {"codes": pack_bits(c.indices, t.storage_bits, word_bits),
+                "codebook": _words(np.asarray(c.codebook, "<f4").tobytes(), word_bits)}
     u = c.codes.astype(np.int64) - min_code(c.bits, c.signed)
     if u.size and (u.min() < 0 or u.max() >= 2 ** c.bits):
         raise ValueError(f"{t.source}: codes outside the {c.bits}-bit {'signed' if c.signed else 'unsigned'} grid")
@@ -490,16 +500,20 @@ def pack(model: keras.Model, path: str, preset="nna-5bit", word_bits: int | None
 def _segment_shape(t: StoredTensor, seg: str) -> list:
     if seg in ("codes", "values"):
         return list(t.values.shape)
+    if seg == "codebook":
+        return [int(t.codes.codebook.size)]
     return list(np.shape(t.codes.scale if seg == "scale" else t.codes.zero_point))
 
 
 def _tensor_entry(t: StoredTensor, segments: dict) -> dict:
     c = t.codes
+    affine = isinstance(c, IntegerCodes)
     return {"role": t.role, "source": t.source, "quantizer": t.quantizer, "shape": list(t.values.shape),
             "bits": t.bits, "storage_bits": t.storage_bits,
-            "signed": None if c is None else bool(c.signed),
-            "min_code": None if c is None else min_code(c.bits, c.signed),
-            "dtype": "float32" if c is None else np.dtype(c.codes.dtype).name, "segments": segments}
+            "signed": bool(c.signed) if affine else None if c is None else False,
+            "min_code": min_code(c.bits, c.signed) if affine else None if c is None else 0,
+            "dtype": "float32" if c is None else np.dtype(c.codes.dtype if affine else c.indices.dtype).name,
+            "segments": segments}
 
 
 def _layer_entry(plan: LayerPlan, tensors: list) -> dict:
@@ -513,7 +527,8 @@ def unpack(path: str) -> dict:
     """Read a :func:`pack` directory.
 
     Returns:
-        ``{"manifest": dict, "layers": {layer: {role: {"codes": IntegerCodes | None, "values": float32 array}}}}``
+        ``{"manifest": dict, "layers": {layer: {role: {"codes": IntegerCodes | CodebookCodes | None, "values":
+        float32 array}}}}``
         with the exact codes, scales and zero points that were packed (``values = codes.dequantize()``), and the
         float32 values of float tensors. Layers without stored tensors are absent.
     """
@@ -545,6 +560,9 @@ def _decode(entry: dict, payload: bytes) -> dict:
     count = int(np.prod(entry["shape"], dtype=np.int64))
     u = unpack_bits(payload[s["offset"]:s["offset"] + s["nbytes"]], count, entry["storage_bits"])
     codes = (u.astype(np.int64) + entry["min_code"]).astype(entry["dtype"]).reshape(entry["shape"])
+    if "codebook" in entry["segments"]:
+        c = CodebookCodes(codes, segment("codebook"), entry["bits"])
+        return {"codes": c, "values": c.dequantize()}
     scale = segment("scale")
     zero_point = segment("zero_point") if "zero_point" in entry["segments"] else np.zeros_like(scale)
     c = IntegerCodes(codes, scale, zero_point, entry["bits"], entry["signed"])

@@ -5,12 +5,12 @@
 >>> quantizers.get(repr(q)) == q
 True
 """
-from kws_quant.quantizers.base import DATA_ROLES, WEIGHT_ROLES, IntegerCodes, Quantizer
+from kws_quant.quantizers.base import DATA_ROLES, WEIGHT_ROLES, CodebookCodes, IntegerCodes, Quantizer
 from kws_quant.quantizers.registry import deserialize, get, register_quantizer, registered, serialize
 from kws_quant.quantizers.tanh import TanhQuantizer
 from kws_quant.quantizers.linear import LinearQuantizer
 
 __all__ = [
-    "DATA_ROLES", "WEIGHT_ROLES", "IntegerCodes", "Quantizer", "TanhQuantizer", "LinearQuantizer",
+    "CodebookCodes", "DATA_ROLES", "WEIGHT_ROLES", "IntegerCodes", "Quantizer", "TanhQuantizer", "LinearQuantizer",
     "deserialize", "get", "register_quantizer", "registered", "serialize",
 ]

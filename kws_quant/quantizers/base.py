@@ -1,4 +1,4 @@
-"""Quantizer base class, integer-code container and straight-through helpers.
+"""Quantizer base class, integer-code and codebook containers and straight-through helpers.
 
 A quantizer is an immutable *how* (bits, mode, granularity). Any state it needs (moving-average ranges) is created
 on the layer that uses it by :meth:`Quantizer.build`, so a quantizer object can be shared, compared and serialized
@@ -40,6 +40,40 @@ class IntegerCodes:
     def dequantize(self) -> np.ndarray:
         """The real values, float32, same shape as ``codes``."""
         return (self.scale * (self.codes.astype(np.float32) - self.zero_point)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodebookCodes:
+    """What an export writes for a codebook quantizer: ``value = codebook[indices]``.
+
+    :class:`IntegerCodes` describes affine grids (``scale * (codes - zero_point)``) and cannot
+    hold a non-uniform codebook, hence this container.
+
+    Attributes:
+        indices: unsigned integer array (``uint8``, values in ``[0, 2^bits)``) with the quantized tensor's shape.
+        codebook: float32 array of shape ``(2^bits,)``, sorted ascending (it may repeat values).
+        bits: bit width b of each index.
+    """
+
+    indices: np.ndarray
+    codebook: np.ndarray
+    bits: int
+
+    def __post_init__(self):
+        if self.codebook.ndim != 1 or len(self.codebook) != 2 ** self.bits:
+            raise ValueError(f"CodebookCodes: codebook of shape {self.codebook.shape} does not hold 2^{self.bits} "
+                             f"= {2 ** self.bits} entries")
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= len(self.codebook)):
+            raise ValueError(f"CodebookCodes: indices outside [0, {len(self.codebook)})")
+
+    @property
+    def num_values(self) -> int:
+        """Distinct values the tensor actually takes."""
+        return len(np.unique(self.dequantize()))
+
+    def dequantize(self) -> np.ndarray:
+        """The real values, float32, same shape as ``indices``."""
+        return self.codebook[self.indices.astype(np.int64)].astype(np.float32)
 
 
 class Quantizer(keras.quantizers.Quantizer):
