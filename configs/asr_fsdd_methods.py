@@ -2,7 +2,7 @@
 
 Data, features, the LSTM RNN-T and its 10-epoch float training are those of configs/asr_fsdd.py (so a finished
 float phase of that config can be reused); then one phase per method, each initialised from the float model, 1 epoch
-with weights quantized + 1 epoch fully quantized: 8-bit linear QAT, S8BQAT 5-bit, GQ 4-bit, GQ mixed 1/4-bit (the
+with weights quantized + 1 epoch fully quantized: 8-bit linear QAT, S8BQAT 5-bit, GQ 5-bit and 4-bit, GQ mixed 1/4-bit (the
 second encoder LSTM, half of the weights, at 1 bit) and NNA-emulated int8 (1 fully emulated epoch: its integer LSTM
 is ~5x slower per step); and a native 4-bit Conformer (2 x 64-wide blocks) fine-tuned from a float Conformer trained
 6 epochs on the same data. Greedy decoding only. Run with --data_dir=../shared/data/fsdd.
@@ -19,7 +19,7 @@ def get_config():
     config = base.get_config()
     config.name = "asr_fsdd_methods"
     config.qat.recipes = ()
-    config.qat.methods = ("linear8", "s8bqat5", "gq4", "gq_mixed14", "native4_conformer", "nna8")
+    config.qat.methods = ("linear8", "s8bqat5", "gq5", "gq4", "gq_mixed14", "native4_conformer", "nna8")
     config.train.stage1_epochs = 1
     config.train.stage2_epochs = 1
     config.model.conformer_dim = 64         # 2 blocks, 4 heads, kernel 15

@@ -267,3 +267,50 @@ def test_conv_model_exports_exact_codes(tmp_path):
         np.testing.assert_array_equal(got["weights"].reshape(want.shape), want)
     err, _, _ = errors_in_steps(model, path, logmel_like(rng, 32))
     assert err.max() <= 1.0, err.max()
+
+
+# -- real speech features ------------------------------------------------------------------------------------------
+FSDD = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                                    "fsdd", "recordings"))
+SPEECH_TEXTS = ("hey computer", "seven", "turn the lights on", "what time is it", "no", "computer stop")
+
+
+def speech_windows(source: str, rng, frames=98):
+    """1 s log-mel windows (the model's input) of real audio: eSpeak NG speech, or FSDD recordings when available,
+    each clip centred in the window over low noise (40 dB below full scale), features by the librosa reference."""
+    from kws_quant.data.audio import fit_length, load_audio
+    from kws_quant.data.espeak import synthesize
+    from kws_quant.features import FeatureConfig, logmel_librosa
+
+    cfg = FeatureConfig()
+    samples = cfg.win_length + (frames - 1) * cfg.hop_length
+    if source == "espeak":
+        clips = [synthesize(t, voice=v, rate=r, pitch=p) for t in SPEECH_TEXTS
+                 for v, r, p in (("en-us", 160, 40), ("en", 200, 60), ("en-us+f3", 180, 55))]
+    else:
+        names = sorted(os.listdir(FSDD))[::40]
+        clips = [load_audio(os.path.join(FSDD, n), cfg.sample_rate) for n in names]
+    out = []
+    for clip in clips:
+        audio = fit_length(clip, samples) + rng.normal(0.0, 0.01, samples).astype(np.float32)
+        out.append(logmel_librosa(audio, cfg))
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.mark.parametrize("source", [
+    "espeak", pytest.param("fsdd", marks=pytest.mark.skipif(not os.path.isdir(FSDD), reason="FSDD not available"))])
+def test_litert_matches_keras_on_real_speech_features(tmp_path, source):
+    """Moving-average ranges set on real log-mel windows, exported, and compared on other real windows."""
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    windows = speech_windows(source, rng)
+    assert windows.shape[1:] == (98, 40) and len(windows) >= 18
+    calib, test = windows[::2], windows[1::2]
+    model = build_kws_model(KWSModelConfig(), 12, "tanh4")
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(np.concatenate([calib] * 8), rng.integers(0, 12, 8 * len(calib)), epochs=1, batch_size=16, verbose=0)
+    for name, kwargs, within, worst in (("int8", {}, 0.97, 2.0), ("fold", {"fold_pooling": True}, 0.995, 1.5)):
+        path = T.to_tflite(model, tmp_path / f"{source}_{name}.tflite", calib, **kwargs)
+        err, keras_out, lite_out = errors_in_steps(model, path, test)
+        assert np.mean(err <= 1.0) >= within and err.max() <= worst, (name, np.mean(err <= 1.0), err.max())
+        assert np.mean(keras_out.argmax(1) == lite_out.argmax(1)) >= 0.9, name

@@ -134,6 +134,30 @@ def test_kws_model_4bit_weights_and_markdown():
     assert table.loc[0, "param_bytes"] == r.loc["TOTAL", "param_bytes"]
 
 
+def _words(count, bits, word_bits=32):
+    """Bytes of one segment: ``count`` values of ``bits`` in whole ``word_bits`` words."""
+    return -(-count * bits // word_bits) * word_bits // 8
+
+
+@pytest.mark.parametrize("recipe, preset, kernel_width, zero_points, documented", [
+    ("tanh4", "nna-5bit", 5, False, 156728),   # docs/memory.md, "Numbers for the 250K KWS model"
+    ("tanh4", "arm-neon+packed", 4, False, 124820),
+    ("tanh1", "nna-1bit", 1, True, 35144),     # dorefa 1-bit: unsigned grid, a zero point per channel
+])
+def test_kws_model_totals_are_the_documented_hand_computation(recipe, preset, kernel_width, zero_points,
+                                                              documented):
+    """The 250K model's weight storage, layer by layer from its shapes (the numbers docs/memory.md publishes)."""
+    name, packed = preset.split("+")[0], preset.endswith("+packed")
+    df = project_memory(build_kws_model(KWSModelConfig(), 12, recipe), name, packed=packed or None)
+    bias_bits = 8 if name == "arm-neon" else 32            # NNA presets: int32 accumulator words
+    expected = _words(40, 8) + _words(40, bias_bits) + 2 * 4  # bn_in: 8-bit gain, 8-bit offset (bias width), scales
+    for fan_in, units in ((49 * 40, 112), (112, 112), (112, 112), (112, 12)):
+        per_channel = units * 4 * (2 if zero_points else 1)  # float32 scale (and zero point) per output channel
+        expected += _words(fan_in * units, kernel_width) + per_channel + _words(units, bias_bits) + 4
+    total = int(df.iloc[-1]["param_bytes"])
+    assert total == expected == documented, (total, expected, documented)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(preset="nna-3bit"), "unknown memory preset 'nna-3bit'; presets: arm-neon, nna-1bit, nna-5bit"),
     (dict(preset="nna-5bit", word_bits=12), "word_bits=12 is not allowed; allowed: 8, 16, 32, 64"),

@@ -130,6 +130,15 @@ def test_linear_symmetric_formula(bits):
     assert q.fake_quant(tf.constant([0.0, 1.0])).numpy()[0] == 0.0
 
 
+def test_linear_level_counts_by_mode_and_role():
+    assert qz.get("linear(bits=4, symmetric=True)").num_levels == 15
+    assert qz.get("linear(bits=4, symmetric=False)").num_levels == 16
+    auto = qz.get("linear(bits=4)")  # symmetric for weights, asymmetric for activations: at most 2^b
+    assert auto.num_levels == 16 and auto.levels_for("kernel") == 15 and auto.levels_for("output") == 16
+    x = _weights((200, 4)) * 3
+    assert len(np.unique(auto.codes(x).codes)) <= auto.levels_for(None)
+
+
 def test_linear_per_channel_symmetric_has_one_scale_per_channel():
     x = _weights((50, 3)) * np.array([0.1, 1.0, 10.0], np.float32)
     c = qz.get("linear(bits=8, per_channel=True)").codes(x)

@@ -163,6 +163,25 @@ def test_bad_audio_names_the_file_or_is_skipped(tmp_path, capsys, name, content,
     assert name in printed.out + printed.err
 
 
+def test_skip_bad_files_flag_on_the_command_line(tmp_path):
+    """The CLI: a corrupt WAV stops the run with one line naming it; ``--skip_bad_files`` trains without it."""
+    data = tmp_path / "digits"
+    data.mkdir()
+    _digit_tree(data, np.random.default_rng(0))
+    (data / "1_alice_9.wav").write_bytes(b"RIFF\x00\x01\x00\x00WAVEfmt garbage" * 3)
+    args = [sys.executable, "-m", "kws_quant.train", f"--data_dir={data}", "--config.data.source=fsdd",
+            "--config.data.keywords=('zero','one')", "--config.data.validation_speakers=('bob',)",
+            "--config.data.test_speakers=('carol',)", "--config.data.augment=False", "--config.train.float_epochs=1",
+            "--config.qat.recipes=()", "--config.report.enabled=False"]
+    failed = run([*args, f"--workdir={tmp_path / 'run1'}"], timeout=300)
+    assert failed.returncode == 2 and "1_alice_9.wav" in failed.stderr and "Traceback" not in failed.stderr
+    skipped = run([*args, f"--workdir={tmp_path / 'run2'}", "--skip_bad_files"], timeout=300)
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "1_alice_9.wav" in skipped.stdout + skipped.stderr
+    metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    assert metrics["float"]["epochs"] == 1 and "test_accuracy" in metrics["float"]
+
+
 def test_keyword_not_in_the_data_is_named(tmp_path):
     from kws_quant.kws_experiment import load_manifest
 

@@ -1,6 +1,7 @@
 """Reading audio files into float32 mono arrays at a target rate, and checking files before a run.
 
-Stereo (any channel count) is mixed to mono by averaging; other sample rates are resampled with soxr (HQ).
+Stereo (any channel count) is mixed to mono by averaging; other sample rates are resampled with
+``librosa.resample`` (its default ``soxr_hq`` band-limited resampler).
 Files that cannot be used raise :class:`AudioFileError`, whose message names the file and the reason.
 """
 from __future__ import annotations
@@ -11,9 +12,9 @@ import sys
 import wave
 from collections.abc import Iterable
 
+import librosa
 import numpy as np
 import soundfile as sf
-import soxr
 
 DEFAULT_SAMPLE_RATE = 16000
 
@@ -76,7 +77,7 @@ def to_mono_rate(audio: np.ndarray, rate: int, sample_rate: int = DEFAULT_SAMPLE
     if audio.ndim == 2:
         audio = audio.mean(axis=1)
     if rate != sample_rate:
-        audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
+        audio = librosa.resample(audio, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

@@ -152,7 +152,8 @@ def synthesize(
         rate: speaking rate, words per minute, 80..450.
         pitch: base pitch, 0..99 (50 is the voice's normal).
         pitch_range: intonation range, 0..99 (0 is monotone).
-        sample_rate: output rate in Hz (eSpeak renders at 22050 Hz; resampled with soxr).
+        sample_rate: output rate in Hz (eSpeak renders at 22050 Hz; resampled by
+            :func:`kws_quant.data.audio.to_mono_rate`).
         trim: drop leading/trailing samples below 1% of the peak amplitude.
     Returns:
         float32 ``[samples]`` in [-1, 1].

@@ -1,6 +1,6 @@
 """``tf.data`` input pipeline: manifest -> batches of (log-mel features, label index).
 
-Audio is decoded in numpy (:func:`~kws_quant.data.audio.load_audio`: mono mix, soxr resampling) through
+Audio is decoded in numpy (:func:`~kws_quant.data.audio.load_audio`: mono mix, librosa resampling) through
 ``tf.numpy_function`` and brought to the clip length with :func:`~kws_quant.data.audio.fit_length` (centred, or at a
 random offset when augmenting). Features come from :func:`kws_quant.features.logmel_tf`.
 

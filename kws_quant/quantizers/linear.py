@@ -56,7 +56,13 @@ class LinearQuantizer(Quantizer):
 
     @property
     def num_levels(self) -> int:
-        return 2 ** self.bits - 1 if self.symmetric else 2 ** self.bits
+        """``2^b - 1`` symmetric, ``2^b`` asymmetric; with ``symmetric=None`` (decided by role) the larger, ``2^b``
+        (:meth:`levels_for` gives a role's own count)."""
+        return self.levels_for(None) if self.symmetric is not None else 2 ** self.bits
+
+    def levels_for(self, role: str | None) -> int:
+        """Distinct values of a tensor in ``role`` (``None``: a weight), after resolving ``symmetric=None``."""
+        return 2 ** self.bits - 1 if self.resolve(role)["symmetric"] else 2 ** self.bits
 
     # -- state --------------------------------------------------------------------------------------------
     def resolve(self, role: str | None) -> dict:
