@@ -1,7 +1,8 @@
 """Free Spoken Digit Dataset (real speech, 8 kHz): ten digit classes, speaker-independent test.
 
 Train on george, nicolas and yweweler (10 % of their clips held out for validation), test on jackson, who is never
-seen in training. Features at the recordings' own 8 kHz rate. Run with --data_dir=../shared/data/fsdd.
+seen in training. Features at the recordings' own 8 kHz rate. A float model, then one two-stage QAT twin per
+weight width (tanh 8/5/4/1 bits). Run with --data_dir=../shared/data/fsdd.
 """
 from kws_quant.config_defaults import kws_config
 
@@ -21,4 +22,5 @@ def get_config():
     config.train.float_epochs = 40
     config.train.stage1_epochs = 10
     config.train.stage2_epochs = 10
+    config.qat.recipes = ("tanh8", "tanh5", "tanh4", "tanh1")  # one two-stage QAT twin per weight width
     return config

@@ -129,12 +129,16 @@ def plot_det(results, path: str, keywords) -> None:
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, kw in zip(axes.flat, keywords):
+        # FA/h = 0 is drawn at half the resolution (one false accept in the keyword-free hours), the axis floor
+        floor = 0.5 / max(r.curves[kw].hours for r in results)
         for r in results:
             env = r.curves[kw].envelope()
-            fa = np.maximum(env["fa_per_hour"].to_numpy(float), 1e-2)  # FA/h = 0 drawn at the axis floor
+            fa = np.maximum(env["fa_per_hour"].to_numpy(float), floor)
             ax.step(fa, 100 * env["frr"].to_numpy(float), where="post", label=r.name, linewidth=1.8)
         ax.set_xscale("log")
-        ax.set_xlabel("false accepts per hour (log scale)")
+        ax.set_xlim(left=floor)
+        ax.axvline(2 * floor, color="0.6", linestyle=":", linewidth=1)  # 1 false accept: the resolution
+        ax.set_xlabel("false accepts per hour (log scale; left edge: 0)")
         ax.set_ylabel("false rejection rate (%)")
         ax.set_title(f"DET: {kw}")
         ax.grid(True, which="both", alpha=0.3)
