@@ -193,9 +193,12 @@ def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool
 
 def format_summary(metrics: dict, workdir: str, seconds: float) -> str:
     """A markdown table of the phases plus where the results are."""
+    def rate(v):  # NaN: undefined (no keyword clips, or no non-keyword clips, in the test split)
+        return "-" if v != v else f"{v:.4f}"
+
     lines = ["", "| model | test accuracy | keyword FRR | keyword FAR | parameters |", "|---|---|---|---|---|"]
     for phase, m in metrics.items():
-        lines.append(f"| {phase} | {m['test_accuracy']:.4f} | {m['keyword_frr']:.4f} | {m['keyword_far']:.4f} | "
+        lines.append(f"| {phase} | {m['test_accuracy']:.4f} | {rate(m['keyword_frr'])} | {rate(m['keyword_far'])} | "
                      f"{m.get('parameters', 0):,} |")
     lines += ["", f"Results in {workdir}/ (metrics.json, config.json, <phase>/model.keras, <phase>/history.csv, "
               f"<phase>/tensorboard). Total wall time {seconds:.0f} s."]
