@@ -53,9 +53,10 @@ class TanhQuantizer(Quantizer):
     def _grid(self, w):
         """Returns ``(t, n, alpha)``: normalised weights, integer-valued grid index, output scale."""
         axes = reduce_axes(w, self.per_channel)
-        th = ops.tanh(w)
-        denom = ops.stop_gradient(ops.maximum(ops.max(ops.abs(th), axis=axes, keepdims=True), _TINY))
-        t = th / denom
+        # max|tanh(W)| = tanh(max|W|) (tanh is odd and increasing): one reduction serves t and the output scale
+        w_max = ops.stop_gradient(ops.max(ops.abs(w), axis=axes, keepdims=True))
+        denom = ops.maximum(ops.tanh(w_max), _TINY)
+        t = ops.tanh(w) / denom
         if self.mode == "dorefa":
             n = ops.round((2.0 ** self.bits - 1.0) * (t + 1.0) / 2.0)
         else:
@@ -63,7 +64,7 @@ class TanhQuantizer(Quantizer):
         if self.output_scale is None:
             alpha = ops.ones((), dtype=w.dtype)
         elif self.output_scale == "max":
-            alpha = ops.stop_gradient(ops.max(ops.abs(w), axis=axes, keepdims=True))
+            alpha = w_max
         else:
             alpha = ops.cast(self.output_scale, w.dtype)
         return t, n, alpha
