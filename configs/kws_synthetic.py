@@ -6,4 +6,8 @@ def get_config():
     config = base_config()
     config.name = "kws_synthetic"
     config.data.source = "synthetic"
+    config.data.synthetic.unknown_clips = 2400  # twice the default non-keyword clips: hard negatives for streaming
+    config.train.float_epochs = 20
+    config.train.stage1_epochs = 5
+    config.train.stage2_epochs = 5
     return config
