@@ -111,3 +111,21 @@ def test_all_keyword_split_draws_extra_audio_with_events(run_dir):
     n_test = int((only_keywords["split"] == "test").sum())
     assert sum(len(s.events) for s in streams) > n_test  # the extra audio carries keyword occurrences too
     assert sum(len(s.audio) for s in streams) / 16000 >= 0.01 * 3600
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run_dir=/nonexistent/run"], "error: /nonexistent/run is not a kws_quant run directory: no config.json"),
+    (["--thresholds=0.5,1.5"], "error: thresholds must lie in [0, 1]; got values outside it: [1.5]"),
+    (["--models=float,tanh9"], "error: no trained model for ['tanh9']"),
+])
+def test_report_cli_bad_input_gives_one_clear_line(run_dir, tmp_path, args, message):
+    import subprocess
+    import sys
+
+    if not any(a.startswith("--run_dir") for a in args):
+        args = [f"--run_dir={run_dir}", *args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-m", "eval.report", f"--out={tmp_path / 'r'}", *args], capture_output=True,
+                         text=True, timeout=300, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "r" / "report.md").exists()
