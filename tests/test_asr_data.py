@@ -12,8 +12,8 @@ from asr_ext import data as ad
 from asr_ext.models import RNNTConfig, encoder_lengths
 from asr_ext.text import CharVocabulary, OutOfVocabularyError
 from kws_quant.features import FeatureConfig
+from shared_data import FSDD_ROOT as FSDD
 
-FSDD = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fsdd")
 FEATS = FeatureConfig(sample_rate=8000, n_mels=20, n_fft=256)
 VOCAB = CharVocabulary()
 

@@ -34,9 +34,8 @@ from kws_quant.data import (
     write_wav,
 )
 from kws_quant.features import FeatureConfig, logmel_tf
+from shared_data import FSDD_RECORDINGS as FSDD
 
-FSDD = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                                    "fsdd", "recordings"))
 
 
 def tone(seconds=0.5, rate=16000, freq=440.0, amp=0.3, channels=1):

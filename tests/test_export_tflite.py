@@ -10,6 +10,7 @@ from kws_quant import qat
 from kws_quant.export import tflite as T
 from kws_quant.layers import QuantActivation, QuantBatchNormalization, QuantDense
 from kws_quant.models import KWSModelConfig, build_kws_model
+from shared_data import FSDD_RECORDINGS as FSDD
 
 pytest.importorskip("ai_edge_litert")
 
@@ -270,8 +271,6 @@ def test_conv_model_exports_exact_codes(tmp_path):
 
 
 # -- real speech features ------------------------------------------------------------------------------------------
-FSDD = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                                    "fsdd", "recordings"))
 SPEECH_TEXTS = ("hey computer", "seven", "turn the lights on", "what time is it", "no", "computer stop")
 
 

@@ -10,9 +10,8 @@ import tensorflow as tf
 
 from kws_quant.data import load_audio, synthesize
 from kws_quant.features import AGREEMENT_TOLERANCE, FeatureConfig, LogMel, logmel_librosa, logmel_tf, mel_matrix
+from shared_data import FSDD_RECORDINGS as FSDD
 
-FSDD = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                                    "fsdd", "recordings"))
 CFG = FeatureConfig()
 
 
