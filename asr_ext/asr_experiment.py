@@ -242,8 +242,8 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: ASRData, strat
     t = cfg["train"]
     is_float = recipe == "float"
     if is_float:  # float_<encoder> phases (another encoder's float model) may have their own length
-        key = "train.other_float_epochs" if phase != FLOAT_PHASE and t["other_float_epochs"] else "train.float_epochs"
-        stages = (t[key.split(".")[1]], 0)
+        field = "other_float_epochs" if phase != FLOAT_PHASE and t["other_float_epochs"] else "float_epochs"
+        stages, key = (t[field], 0), f"train.{field}"
     else:
         stages, key = methods.stage_epochs(recipe, cfg)
     epochs = sum(stages)

@@ -58,7 +58,7 @@ class LinearQuantizer(Quantizer):
     def num_levels(self) -> int:
         """``2^b - 1`` symmetric, ``2^b`` asymmetric; with ``symmetric=None`` (decided by role) the larger, ``2^b``
         (:meth:`levels_for` gives a role's own count)."""
-        return self.levels_for(None) if self.symmetric is not None else 2 ** self.bits
+        return 2 ** self.bits - 1 if self.symmetric else 2 ** self.bits
 
     def levels_for(self, role: str | None) -> int:
         """Distinct values of a tensor in ``role`` (``None``: a weight), after resolving ``symmetric=None``."""
