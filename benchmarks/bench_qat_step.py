@@ -1,6 +1,6 @@
 """Training-step cost of two-stage QAT against float, for the ~250K-parameter KWS model, side by side.
 
-    python benchmarks/bench_qat_step.py [--batch 64] [--rounds 15] [--steps 20]
+    python benchmarks/bench_qat_step.py [--batch 64] [--rounds 15] [--steps 20] [--breakdown]
 
 The three models (float; tanh4 recipe in stage 1; the same in stage 2) are built and compiled once; each round runs
 ``--steps`` compiled training steps of each model on the same batch, in rotating order, and the table reports the
@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from kws_quant import qat  # noqa: E402
 from kws_quant.models import KWSModelConfig, build_kws_model  # noqa: E402
+from kws_quant.models.recipes import PRESETS  # noqa: E402
 
 
 def make(recipe, stage=None, jit=False):
@@ -35,6 +36,18 @@ def make(recipe, stage=None, jit=False):
     return model
 
 
+BREAKDOWN = {"kernel": ("kernel",), "input": ("input",), "activation": ("activation",),
+             "bias + batch-norm": ("bias", "bn_gain", "bn_offset")}
+"""``--breakdown``: one XLA stage-2 model per group of roles, only those roles quantized (tanh4 recipe)."""
+
+
+def only(roles, **overrides):
+    """The tanh4 recipe with every role outside ``roles`` float (``overrides``: other specs for kept roles)."""
+    full = PRESETS["tanh4"]()
+    return {**{role: (spec if role in roles else None) for role, spec in full.items() if role != "layers"},
+            **overrides, "layers": {}}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=64)
@@ -42,6 +55,8 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--jit", choices=["off", "on", "both"], default="both",
                    help="XLA-compile the train step (Keras compile(jit_compile=...)); 'both' measures each")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time XLA stage-2 models with one group of roles quantized (where the extra time goes)")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     x = tf.constant(rng.standard_normal((args.batch, 98, 40)).astype(np.float32) * 2 - 6)
@@ -51,6 +66,11 @@ def main():
         tag = ", XLA" if jit else ""
         models.update({f"float{tag}": make("float", jit=jit), f"tanh4 stage 1{tag}": make("tanh4", 1, jit),
                        f"tanh4 stage 2{tag}": make("tanh4", 2, jit)})
+    if args.breakdown:
+        for group, roles in BREAKDOWN.items():
+            models[f"only {group}, XLA"] = make(only(roles), 2, True)
+        models["only activation (range='current'), XLA"] = make(
+            only(("activation",), activation="linear(bits=8, range='current')"), 2, True)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     steps = {}
     for name, m in models.items():  # compile and warm up: the first fit traces
