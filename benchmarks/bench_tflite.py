@@ -11,9 +11,12 @@ table of the median per-window latency and per-invoke latency, the ratios to the
 its ratio, and the int8 variants' agreement with the Keras model (share of logits within one output step, max error
 in steps) on other random windows.
 
-Variants: the float export (XNNPACK, and builtin kernels only); the int8 export (default: pooling as an int8
-depthwise conv, XNNPACK); the same with XNNPACK off; int8 with INT4-packed weights; int8 with the pooling folded into
-dense_in (exact); and an ablation with LiteRT's int8 AVERAGE_POOL_2D (what the converter emits by itself).
+Variants: the float export (XNNPACK, and builtin kernels only); the int8 export (XNNPACK, and builtin kernels only);
+int8 with INT4-packed weights. Ablations on the previous model layout (``KWSModelConfig(quantize_before_pool=True)``:
+the input quantizer before the pooling, so the pooling averages quantized frames), trained the same way: its int8
+export with the pooling as an int8 depthwise conv (the default for that layout), with the pooling folded into
+dense_in (``fold_pooling=True``), and with LiteRT's int8 AVERAGE_POOL_2D (what the converter emits by itself). A
+second table gives the sizes with ``strip_names=True`` (both files).
 """
 from __future__ import annotations
 
@@ -39,29 +42,45 @@ def logmel_like(rng, n, frames=98, mels=40):
     return (level + drift + rng.normal(0.0, 0.5, size=(n, frames, mels))).astype(np.float32)
 
 
-def make_model(recipe, steps, seed=0):
+def make_model(recipe, steps, seed=0, **config):
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_kws_model(KWSModelConfig(), 12, recipe)
+    model = build_kws_model(KWSModelConfig(**config), 12, recipe)
     n = 64 * steps
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     model.fit(logmel_like(rng, n), rng.integers(0, 12, n), epochs=1, batch_size=64, verbose=0)
     return model, rng
 
 
-def export_all(model, rep, out):
+PREVIOUS = "previous layout (quantizer → pool)"
+
+
+def export_all(model, previous, rep, out):
+    """{variant: (path, Keras model it is compared with)}."""
     paths = {}
-    paths["float32"] = T.to_tflite_float(model, os.path.join(out, "float32.tflite"))
-    paths["int8"] = T.to_tflite(model, os.path.join(out, "int8.tflite"), rep)
-    paths["int8 + int4 packed"] = T.to_tflite(model, os.path.join(out, "int4.tflite"), rep, int4=True)
-    paths["int8, pooling folded (exact)"] = T.to_tflite(model, os.path.join(out, "fold.tflite"), rep, fold_pooling=True)
+    paths["float32"] = (T.to_tflite_float(model, os.path.join(out, "float32.tflite")), model)
+    paths["int8"] = (T.to_tflite(model, os.path.join(out, "int8.tflite"), rep), model)
+    paths["int8 + int4 packed"] = (T.to_tflite(model, os.path.join(out, "int4.tflite"), rep, int4=True), model)
+    paths[f"{PREVIOUS}: int8, depthwise pool"] = (T.to_tflite(previous, os.path.join(out, "prev.tflite"), rep),
+                                                   previous)
+    paths[f"{PREVIOUS}: int8, pooling folded"] = (
+        T.to_tflite(previous, os.path.join(out, "fold.tflite"), rep, fold_pooling=True), previous)
     original = T._Shape.depthwise_pool
     T._Shape.depthwise_pool = staticmethod(lambda layer: False)  # ablation: keep the converter's AVERAGE_POOL_2D
     try:
-        paths["int8, int8 AVERAGE_POOL_2D"] = T.to_tflite(model, os.path.join(out, "avgpool.tflite"), rep)
+        paths[f"{PREVIOUS}: int8 AVERAGE_POOL_2D"] = (
+            T.to_tflite(previous, os.path.join(out, "avgpool.tflite"), rep), previous)
     finally:
         T._Shape.depthwise_pool = original
     return paths
+
+
+def stripped_sizes(model, rep, out):
+    """File sizes with ``strip_names=True``: {variant: bytes}."""
+    return {"float32": os.path.getsize(T.to_tflite_float(model, os.path.join(out, "f_s.tflite"), strip_names=True)),
+            "int8": os.path.getsize(T.to_tflite(model, os.path.join(out, "i_s.tflite"), rep, strip_names=True)),
+            "int8 + int4 packed": os.path.getsize(T.to_tflite(model, os.path.join(out, "i4_s.tflite"), rep,
+                                                               int4=True, strip_names=True))}
 
 
 def time_variants(variants, windows, reps, per_rep):
@@ -111,15 +130,17 @@ def main():
 
     load0 = os.getloadavg()
     model, rng = make_model(args.recipe, args.steps)
+    previous, _ = make_model(args.recipe, args.steps, quantize_before_pool=True)
     rep, test = logmel_like(rng, 256), logmel_like(rng, 128)
-    keras_out = np.asarray(model(test, training=False))
     with tempfile.TemporaryDirectory() as out:
-        paths = export_all(model, rep, out)
+        exports = export_all(model, previous, rep, out)
+        paths = {k: p for k, (p, _) in exports.items()}
         sizes = {k: os.path.getsize(p) for k, p in paths.items()}
+        stripped = stripped_sizes(model, rep, out)
         agreement = {}
-        for name, p in paths.items():
+        for name, (p, keras_model) in exports.items():
             if name != "float32":
-                err = np.abs(T.run_tflite(p, test) - keras_out) / T.output_step(p)
+                err = np.abs(T.run_tflite(p, test) - np.asarray(keras_model(test, training=False))) / T.output_step(p)
                 agreement[name] = (float(np.mean(err <= 1.0)), float(err.max()))
         variants = {}
         for name, p in paths.items():
@@ -145,7 +166,10 @@ def main():
         agree = agreement.get(file_key)
         a = f"{100 * agree[0]:.2f}% | {agree[1]:.2f}" if agree else "— | —"
         print(f"| {name} | {call * 1e6:.1f} | {base['call'] / call:.2f}× | {inv * 1e6:.1f} | "
-              f"{base['invoke'] / inv:.2f}× | {sizes[file_key]} | {sizes['float32'] / sizes[file_key]:.2f}× | {a} |")
+              f"{base['invoke'] / inv:.2f}× | {sizes[file_key]} | {sizes['float32'] / sizes[file_key]:.3f}× | {a} |")
+    print("\nWith strip_names=True (both files):\n\n| variant | file (bytes) | smaller |\n|---|---:|---:|")
+    for name, size in stripped.items():
+        print(f"| {name} | {size} | {stripped['float32'] / size:.3f}× |")
     print("\nExecution plans (ops after delegation; DELEGATE = one XNNPACK partition):")
     for name, plan in ops.items():
         print(f"- {name}: {plan}")

@@ -141,10 +141,11 @@ def test_kws_payload_size_equals_projection(recipe, preset, tmp_path):
 
 def test_plan_reads_activation_bits_and_topology():
     plans = {p.name: p for p in plan_model(build_kws_model(KWSModelConfig(), 12, "tanh4"), "nna-5bit")}
-    # per-mel CMVN and the input quantizer run per frame, before the window buffer
-    assert plans["bn_in"].front_end and plans["input_quant"].front_end and not plans["dense_in"].front_end
+    # per-mel CMVN, the frame pooling and the input quantizer run per frame, before the window buffer
+    assert all(plans[n].front_end for n in ("bn_in", "pool", "input_quant")) and not plans["dense_in"].front_end
     assert (plans["input_quant"].input_bits, plans["input_quant"].output_bits) == ([32], 8)
-    assert (plans["pool"].output_bits, plans["bn_in"].output_bits, plans["act_0"].output_bits) == (8, 32, 8)
+    assert (plans["pool"].output_bits, plans["bn_in"].output_bits, plans["act_0"].output_bits) == (32, 32, 8)
+    assert plans["flatten"].output_bits == 8
     assert plans["dense_in"].output_shape == (112,) and plans["dense_in"].folded_bn == "bn_0"
     assert [t.role for t in plans["bn_in"].tensors] == ["gain", "offset"]
     assert plans["dense_out"].activation == "linear"

@@ -31,6 +31,8 @@ flags.DEFINE_bool("int4", False, "Pack the weights of dense layers with <= 4-bit
                   flag_values=FLAGS)
 flags.DEFINE_bool("fold_pooling", False, "Fold AveragePooling1D -> Flatten -> dense into the dense kernel (exact, "
                   "larger).", flag_values=FLAGS)
+flags.DEFINE_bool("strip_names", False, "Drop intermediate tensor names (a few hundred bytes; input/output names "
+                  "and the signature stay).", flag_values=FLAGS)
 flags.DEFINE_float("output_margin", 0.1, "Widen the calibrated output range by this fraction of its span per side.",
                    flag_values=FLAGS)
 
@@ -59,7 +61,8 @@ def run(argv) -> str:
 
     rep = np.load(FLAGS.representative) if FLAGS.representative else None
     path = to_tflite(FLAGS.model, FLAGS.out, rep, quantize=not FLAGS.float, io_dtype=FLAGS.io_dtype, int4=FLAGS.int4,
-                     fold_pooling=FLAGS.fold_pooling, output_margin=FLAGS.output_margin)
+                     fold_pooling=FLAGS.fold_pooling, output_margin=FLAGS.output_margin,
+                     strip_names=FLAGS.strip_names)
     ops = read_linear_ops(path)
     kinds = ", ".join(f"{d['op']}[{d['weight_type']}]" for d in ops)
     print(f"wrote {path} ({os.path.getsize(path)} bytes): {kinds}")

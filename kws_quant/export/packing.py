@@ -288,8 +288,9 @@ def _consumers(layers) -> dict:
 
 def model_input_bits(model: keras.Model) -> list[int]:
     """Bits of each model input buffer: those of the quantizer that first reads it (a consumer's ``input``
-    quantizer or an identity :class:`QuantActivation`'s), 32 if none. A per-channel batch-norm without an output
-    quantizer in between is the front end's normalisation (CMVN): frames are buffered after the quantizer behind it.
+    quantizer or an identity :class:`QuantActivation`'s), 32 if none. Per-frame layers in between (a batch-norm
+    without output quantizer, CMVN; an average pooling over time) are the front end's (:func:`_is_front_end`):
+    frames are buffered after the quantizer behind them.
     """
     consumers = _consumers(_layers(model))
     return [_reader_bits(consumers.get(id(t), []), consumers) for t in model.inputs]
@@ -308,8 +309,8 @@ def _reader_bits(readers, consumers) -> int:
 
 
 def _front_end_names(model, consumers) -> set:
-    """Layers a deployment runs per frame before the window buffer: a CMVN batch-norm on the model input
-    (:func:`_is_front_end`) and the identity quantizer that reads the input or that batch-norm's output."""
+    """Layers a deployment runs per frame before the window buffer: per-frame layers on the model input
+    (:func:`_is_front_end`) and the identity quantizer that reads the input or their output."""
     names, frontier = set(), [t for t in model.inputs]
     while frontier:
         for layer in consumers.get(id(frontier.pop()), []):
@@ -324,10 +325,12 @@ def _front_end_names(model, consumers) -> set:
 
 
 def _is_front_end(layer, consumers) -> bool:
-    """A batch-norm without output quantizer whose output is quantized right away: per-frame normalisation (CMVN)
-    that a deployment runs in the front end, frame by frame, before frames enter the window buffer."""
-    return (isinstance(layer, QuantBatchNormalization) and "output" not in layer.quantizers
-            and _reader_bits(consumers.get(id(layer.output), []), consumers) != FLOAT_BITS)
+    """A per-frame layer whose output reaches a quantizer through per-frame layers only, which a deployment runs in
+    the front end, frame by frame, before frames enter the window buffer: a batch-norm without output quantizer
+    (per-frame normalisation, CMVN) or an average pooling over time (a running sum of ``pool_size`` frames)."""
+    per_frame = ((isinstance(layer, QuantBatchNormalization) and "output" not in layer.quantizers)
+                 or isinstance(layer, keras.layers.AveragePooling1D))
+    return per_frame and _reader_bits(consumers.get(id(layer.output), []), consumers) != FLOAT_BITS
 
 
 def _output_bits(layer, input_bits) -> int:

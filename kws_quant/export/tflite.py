@@ -494,6 +494,18 @@ def _fold_batchnorm(ops: list, quantize: bool) -> list:
     return out
 
 
+def _pool_before_affine(ops: list) -> list:
+    """Move a float per-channel affine (``_Affine``) after the 'valid' average pooling that follows it: they commute,
+    the affine then runs on fewer values, and the pooling stays in float (ahead of nothing the converter could
+    quantize), so the model's first quantizer sees the pooled frames exactly as the Keras model averages them."""
+    ops = list(ops)
+    for i in range(len(ops) - 1):
+        if (isinstance(ops[i], _Affine) and isinstance(ops[i + 1], _Shape) and ops[i + 1].pool_range is None
+                and _Shape.depthwise_pool(ops[i + 1].layer)):
+            ops[i], ops[i + 1] = ops[i + 1], ops[i]
+    return ops
+
+
 @dataclasses.dataclass
 class _Flatten:
     owner: str
@@ -680,7 +692,7 @@ def _exact_grids(m, sg, found: list, ops: list) -> None:
             q.scale, q.zeroPoint = [grid[0]], [grid[1]]
 
 
-def _patch(tflite_bytes: bytes, ops: list, int4: bool) -> bytes:
+def _patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
     schema = _schema()
@@ -737,6 +749,69 @@ def _patch(tflite_bytes: bytes, ops: list, int4: bool) -> bytes:
                 and not np.any(_tensor_values(m, b_t)) and len(set(b_t.quantization.scale)) == 1):
             for t in (w_t, b_t):
                 t.quantization.scale, t.quantization.zeroPoint = t.quantization.scale[:1], [0]
+    return _serialize(m, strip_names)
+
+
+def _shared_quantization_class():
+    """``QuantizationParametersT`` whose ``Pack`` writes each distinct per-channel scale / zero-point vector once
+    (one class per serialization: its cache holds the vectors' offsets in one builder) and lets every tensor that
+    has it point there (flatbuffers allow shared vectors; LiteRT reads them
+    as usual). Per-channel int8 weights and their int32 biases each need a zero-point vector as long as their scale
+    vector (all zeros), so sharing saves ~8 bytes per output channel and tensor."""
+    schema = _schema()
+
+    class SharedQuantization(schema.QuantizationParametersT):
+        vectors = {}  # (field, values) -> offset in the builder
+
+        def Pack(self, builder):
+            if self.details is not None or self.min is not None or self.max is not None:
+                return super().Pack(builder)
+            cache = SharedQuantization.vectors
+            fields = {}
+            for name, start, prepend in (("scale", schema.QuantizationParametersStartScaleVector,
+                                          builder.PrependFloat32),
+                                         ("zeroPoint", schema.QuantizationParametersStartZeroPointVector,
+                                          builder.PrependInt64)):
+                values = getattr(self, name)
+                if values is None:
+                    continue
+                key = (name, tuple(values))
+                if key not in cache:
+                    start(builder, len(values))
+                    for v in reversed(values):
+                        prepend(v)
+                    cache[key] = builder.EndVector()
+                fields[name] = cache[key]
+            schema.QuantizationParametersStart(builder)
+            if "scale" in fields:
+                schema.QuantizationParametersAddScale(builder, fields["scale"])
+            if "zeroPoint" in fields:
+                schema.QuantizationParametersAddZeroPoint(builder, fields["zeroPoint"])
+            schema.QuantizationParametersAddDetailsType(builder, self.detailsType)
+            schema.QuantizationParametersAddQuantizedDimension(builder, self.quantizedDimension)
+            return schema.QuantizationParametersEnd(builder)
+
+    return SharedQuantization
+
+
+def _serialize(m, strip_names: bool) -> bytes:
+    """The flatbuffer of model object ``m``, with identical quantization vectors stored once; ``strip_names``
+    drops the model description, the subgraph name and the names of all tensors but the inputs and outputs (the
+    signature keeps its input/output names)."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    shared = _shared_quantization_class()
+    for sg in m.subgraphs:
+        keep = set(int(i) for i in sg.inputs) | set(int(i) for i in sg.outputs)
+        for i, t in enumerate(sg.tensors):
+            if t.quantization is not None:
+                t.quantization.__class__ = shared
+            if strip_names and i not in keep:
+                t.name = None
+        if strip_names:
+            sg.name = None
+    if strip_names:
+        m.description = None
     return bytes(fu.convert_object_to_bytearray(m))
 
 
@@ -804,7 +879,7 @@ def _verify(data: bytes, ops: list) -> None:
 # ------------------------------------------------------------------------------------------------------------
 def to_tflite(model, path, representative_data=None, *, quantize: bool = True, io_dtype: str = "auto",
               int4: bool = False, fold_pooling: bool = False, output_margin: float = 0.1,
-              batch_size: int = 1) -> str:
+              batch_size: int = 1, strip_names: bool = False) -> str:
     """Export a Keras model to a ``.tflite`` file and return ``path``. Missing parent directories of ``path`` are
     created.
 
@@ -832,6 +907,8 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
             larger. Default: an int8 depthwise pooling that rounds the averages to the input grid.
         output_margin: widen the calibrated output range by this fraction of its span on each side.
         batch_size: fixed batch dimension of the input (1: one streaming window per invoke).
+        strip_names: drop the names of the intermediate tensors, the subgraph and the model description (a few
+            hundred bytes; the signature and the input/output names stay). Applies to float export too.
 
     Raises:
         ValueError (:class:`UnsupportedModelError`): an unsupported layer (named) or topology; for int8 export, a
@@ -852,9 +929,14 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
         raise UnsupportedModelError(f"model {model.name!r} has input shape {tuple(model.inputs[0].shape)}; the "
                                     "export needs a fixed window shape")
     stage = qat.get_stage(model) if any(isinstance(layer, QuantLayer) for layer in layers) else None
-    ops = _fold_batchnorm(_read_ops(model, quantize, 2 if stage is None else stage), quantize)
+    ops = _pool_before_affine(_fold_batchnorm(_read_ops(model, quantize, 2 if stage is None else stage), quantize))
     if fold_pooling:
+        before = len(ops)
         ops = _fold_pooling(ops)
+        if len(ops) == before:
+            raise UnsupportedModelError(f"fold_pooling=True, but model {model.name!r} has no AveragePooling1D → "
+                                        "Flatten → dense (with strides = pool size) to fold; a pooling before the "
+                                        "input quantizer runs in float and needs no folding")
     if quantize:
         _check_int8_ready(model, ops)
         if stage != 2:
@@ -875,8 +957,10 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
             ops.append(_calibrate_output(ops, input_shape, data, output_margin))
     data = _convert(ops, input_shape, quantize, io_dtype)
     if quantize:
-        data = _patch(data, ops, int4)
+        data = _patch(data, ops, int4, strip_names)
         _verify(data, ops)
+    elif strip_names:
+        data = _serialize(_load_object(data), strip_names)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
@@ -884,9 +968,9 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
     return path
 
 
-def to_tflite_float(model, path, *, batch_size: int = 1) -> str:
+def to_tflite_float(model, path, *, batch_size: int = 1, strip_names: bool = False) -> str:
     """The float32 ``.tflite`` of ``model`` (the int8 export's folded graph, float weights); see :func:`to_tflite`."""
-    return to_tflite(model, path, quantize=False, batch_size=batch_size)
+    return to_tflite(model, path, quantize=False, batch_size=batch_size, strip_names=strip_names)
 
 
 def make_interpreter(model, num_threads: int = 1, xnnpack: bool = True, reference: bool = False):

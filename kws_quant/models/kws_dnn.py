@@ -24,7 +24,11 @@ class KWSModelConfig:
             (strided 1-D convolutions over time, then dense; fewer MACs per window).
         window_frames: frames per input window (98 = 1 s at a 10 ms hop with 25 ms windows).
         n_mels: log-mel bins per frame.
-        pool: average-pool this many adjacent frames before the first dense layer (dnn).
+        pool: average-pool this many adjacent frames before the first dense layer (dnn), in float, before the
+            input quantizer.
+        quantize_before_pool: put the input quantizer before the pooling instead (the layout before 2026-12): the
+            pooling then averages quantized frames into half steps of the input grid, which an int8 export cannot
+            hold (it rounds them: ~0.5% of its logits land up to ~1.5 output steps from the Keras model).
         hidden: widths of the dense blocks (dnn) or conv filters (tdnn).
         dropout: dropout after each hidden block, in training.
     """
@@ -35,6 +39,7 @@ class KWSModelConfig:
     pool: int = 2
     hidden: tuple = (112, 112, 112)
     dropout: float = 0.1
+    quantize_before_pool: bool = False
 
     def __post_init__(self):
         if self.arch not in ("dnn", "tdnn"):
@@ -64,13 +69,18 @@ def build_kws_model(config: KWSModelConfig, num_classes: int, recipe="float", na
         return {f"{k}_quantizer": spec_for(recipe, layer_name, v) for k, v in roles.items()}
 
     inp = keras.Input((config.window_frames, config.n_mels), name="logmel")
-    # Learned per-mel-bin normalisation (CMVN), then the input quantizer: everything after it is integer-friendly.
+    # Learned per-mel-bin normalisation (CMVN), the frame pooling (dnn), then the input quantizer: everything after
+    # it is integer. Pooling before the quantizer keeps the average exact: an int8 model cannot hold the half step
+    # that averaging two quantized frames makes, so the Keras model and its int8 export would round it differently.
     x = QuantBatchNormalization(name="bn_in", **q("bn_in", gain="bn_gain", offset="bn_offset"))(inp)
+    pool = config.arch == "dnn" and config.pool > 1
+    if pool and not config.quantize_before_pool:
+        x = keras.layers.AveragePooling1D(config.pool, name="pool")(x)
     x = QuantActivation(name="input_quant", quantizer=spec_for(recipe, "input_quant", "input"))(x)
+    if pool and config.quantize_before_pool:
+        x = keras.layers.AveragePooling1D(config.pool, name="pool")(x)
     names = []
     if config.arch == "dnn":
-        if config.pool > 1:
-            x = keras.layers.AveragePooling1D(config.pool, name="pool")(x)
         x = keras.layers.Flatten(name="flatten")(x)
         for i, width in enumerate(config.hidden):
             lname = "dense_in" if i == 0 else f"dense_{i}"
