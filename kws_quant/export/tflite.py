@@ -19,8 +19,9 @@ How an int8 export is made (:func:`to_tflite`):
      (``s = max|W'|/127``) and corrects the bias by ``-μ·(W_int8 - W')``, ``μ`` the BN's moving mean (its
      expected input), so the re-quantization error has zero mean.
    - BN *before the input quantizer* (the KWS model's per-mel ``bn_in``): an int8 model cannot absorb it (the
-     quantizer sees its output), so it stays a float MUL + ADD ahead of the model's QUANTIZE op; the model then
-     takes float windows (``io_dtype="auto"`` picks that). A float export folds it into ``dense_in``.
+     quantizer sees its output), so it stays a float MUL + ADD ahead of the model's QUANTIZE op, moved after a
+     'valid' average pooling that follows it (both act per channel and commute: fewer values to scale); the model
+     then takes float windows (``io_dtype="auto"`` picks that). A float export folds it into ``dense_in``.
    - Any other BN: ``ValueError``.
 3. A float ``tf.function`` graph is built from the folded, dequantized weights with
    ``tf.quantization.fake_quant_with_min_max_vars`` at every quantization point: the op, range widening and nudging
@@ -34,16 +35,20 @@ How an int8 export is made (:func:`to_tflite`):
    quantizer's codes and scales, each bias is re-quantized as ``round(b / (s_in·s_w))`` on the patched scales.
    The result is read back and checked (codes, scales, one invoke) before it is written.
 
-A 'valid' average pooling becomes an int8 ``DEPTHWISE_CONV_2D`` with weights ``1/pool_size`` (code 127, scale
-``1/(127·pool_size)``) re-quantized to the input's own grid: LiteRT's int8 ``AVERAGE_POOL_2D`` is not taken by the
-XNNPACK delegate, which splits the graph and runs a slow builtin kernel (``docs/bench_tflite.md``: 1.2× instead of
-~2.9× over float).
+Pooling: a pooling before the first quantizer (the KWS model pools its normalised float frames, then quantizes)
+stays a float ``AVERAGE_POOL_2D``. A 'valid' average pooling *after* a quantizer becomes an int8
+``DEPTHWISE_CONV_2D`` with weights ``1/pool_size`` (code 127, scale ``1/(127·pool_size)``) re-quantized to the
+input's own grid: LiteRT's int8 ``AVERAGE_POOL_2D`` is not taken by the XNNPACK delegate, which splits the graph
+and runs a slow builtin kernel (``docs/bench_tflite.md``: 1.4× instead of ~2.7× over float).
 
-Agreement with the Keras model: what int8 cannot reproduce is the average of two quantized frames (a half step of
-the input grid, which the Keras model keeps in float and int8 rounds back to the grid) and a kernel re-quantized
-after folding a preceding BN. The default export of the KWS model has ~99.5% of its logits within one output step
-of the Keras model and the rest within ~1.5 steps; with ``fold_pooling=True`` (the pooling folded into
-``dense_in``: exact, but ``dense_in`` twice as large) or a model without pooling, it is within one step.
+Agreement with the Keras model: the KWS model's export is within one output step (``docs/bench_tflite.md``). What
+int8 cannot reproduce is the average of quantized frames (a half step of the input grid, which a Keras model that
+pools after its quantizer keeps in float and int8 rounds back to the grid: some logits then land up to ~1.5 steps
+away; ``fold_pooling=True`` folds such a pooling into the dense layer after it, exact but with a kernel
+``pool_size`` times larger) and a kernel re-quantized after folding a preceding BN.
+
+Size: per-channel weights and int32 biases each carry a float32 scale and an int64 zero point per output
+channel; identical vectors (the all-zero zero points) are written once and shared by the tensors that have them.
 
 Interface: ``io_dtype="auto"`` (default) gives **int8 input and output** tensors (a fully integer model) when
 nothing runs in float before the input quantizer: their scale and zero point are the input quantizer's and the
@@ -753,11 +758,11 @@ def _patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> byt
 
 
 def _shared_quantization_class():
-    """``QuantizationParametersT`` whose ``Pack`` writes each distinct per-channel scale / zero-point vector once
-    (one class per serialization: its cache holds the vectors' offsets in one builder) and lets every tensor that
-    has it point there (flatbuffers allow shared vectors; LiteRT reads them
-    as usual). Per-channel int8 weights and their int32 biases each need a zero-point vector as long as their scale
-    vector (all zeros), so sharing saves ~8 bytes per output channel and tensor."""
+    """``QuantizationParametersT`` whose ``Pack`` writes each distinct scale / zero-point vector once and lets every
+    tensor that has it point there (flatbuffers allow shared vectors; LiteRT reads them as usual). One class per
+    serialization: its cache holds the vectors' offsets in one builder. Per-channel int8 weights and their int32
+    biases each need a zero-point vector as long as their scale vector (all zeros), so sharing saves ~8 bytes per
+    output channel and tensor."""
     schema = _schema()
 
     class SharedQuantization(schema.QuantizationParametersT):
