@@ -12,7 +12,9 @@ its ratio, and the int8 variants' agreement with the Keras model (share of logit
 in steps) on other random windows.
 
 Variants: the float export (XNNPACK, and builtin kernels only); the int8 export (XNNPACK, and builtin kernels only);
-int8 with INT4-packed weights. Ablations on the previous model layout (``KWSModelConfig(quantize_before_pool=True)``:
+int8 with INT4-packed weights; float and int8 with the front end split off (``split_front_end=True``: bn_in and
+the pooling run per frame outside the model, which takes the input quantizer's int8 window; timed on
+``FrontEnd.apply``'s output, i.e. the model only). Ablations on the previous model layout (``KWSModelConfig(quantize_before_pool=True)``:
 the input quantizer before the pooling, so the pooling averages quantized frames), trained the same way: its int8
 export with the pooling as an int8 depthwise conv (the default for that layout), with the pooling folded into
 dense_in (``fold_pooling=True``), and with LiteRT's int8 AVERAGE_POOL_2D (what the converter emits by itself). A
@@ -33,6 +35,7 @@ import numpy as np  # noqa: E402
 
 import kws_quant  # noqa: E402,F401
 from kws_quant.export import tflite as T  # noqa: E402
+from kws_quant.export.front_end import front_end_path, load_front_end  # noqa: E402
 from kws_quant.models import KWSModelConfig, build_kws_model  # noqa: E402
 
 
@@ -61,6 +64,12 @@ def export_all(model, previous, rep, out):
     paths["float32"] = (T.to_tflite_float(model, os.path.join(out, "float32.tflite")), model)
     paths["int8"] = (T.to_tflite(model, os.path.join(out, "int8.tflite"), rep), model)
     paths["int8 + int4 packed"] = (T.to_tflite(model, os.path.join(out, "int4.tflite"), rep, int4=True), model)
+    paths["float32, front end split"] = (
+        T.to_tflite_float(model, os.path.join(out, "f_split.tflite"), split_front_end=True), model)
+    paths["int8, front end split"] = (
+        T.to_tflite(model, os.path.join(out, "split.tflite"), rep, split_front_end=True), model)
+    paths["int8 + int4, front end split"] = (
+        T.to_tflite(model, os.path.join(out, "split4.tflite"), rep, int4=True, split_front_end=True), model)
     paths[f"{PREVIOUS}: int8, depthwise pool"] = (T.to_tflite(previous, os.path.join(out, "prev.tflite"), rep),
                                                    previous)
     paths[f"{PREVIOUS}: int8, pooling folded"] = (
@@ -80,7 +89,14 @@ def stripped_sizes(model, rep, out):
     return {"float32": os.path.getsize(T.to_tflite_float(model, os.path.join(out, "f_s.tflite"), strip_names=True)),
             "int8": os.path.getsize(T.to_tflite(model, os.path.join(out, "i_s.tflite"), rep, strip_names=True)),
             "int8 + int4 packed": os.path.getsize(T.to_tflite(model, os.path.join(out, "i4_s.tflite"), rep,
-                                                               int4=True, strip_names=True))}
+                                                               int4=True, strip_names=True)),
+            "int8, front end split": os.path.getsize(T.to_tflite(model, os.path.join(out, "sp_s.tflite"), rep,
+                                                                  strip_names=True, split_front_end=True))}
+
+
+def model_inputs(path, windows):
+    """What the model at ``path`` takes for float ``windows``: the windows, or its split front end's output."""
+    return load_front_end(path).apply(windows) if os.path.exists(front_end_path(path)) else windows
 
 
 def time_variants(variants, windows, reps, per_rep):
@@ -88,12 +104,13 @@ def time_variants(variants, windows, reps, per_rep):
     windows of set_tensor + invoke + get_tensor ("call"), then ``per_rep`` bare invokes ("invoke").
     Returns {name: {"call": [s/window per rep], "invoke": [...]}}."""
     prepared = []
-    for name, interp in variants.items():
+    for name, (interp, path) in variants.items():
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-        if inp["dtype"] == np.int8:
-            data = [T.quantize_input(w[None], *inp["quantization"]) for w in windows]
+        x = model_inputs(path, windows)
+        if inp["dtype"] == np.int8 and x.dtype != np.int8:
+            data = [T.quantize_input(w[None], *inp["quantization"]) for w in x]
         else:
-            data = [w[None] for w in windows]
+            data = [w[None] for w in x]
         prepared.append((name, interp, inp["index"], out["index"], data))
     for _, interp, i_in, i_out, data in prepared:  # warm-up
         for x in data[:50]:
@@ -139,15 +156,17 @@ def main():
         stripped = stripped_sizes(model, rep, out)
         agreement = {}
         for name, (p, keras_model) in exports.items():
-            if name != "float32":
-                err = np.abs(T.run_tflite(p, test) - np.asarray(keras_model(test, training=False))) / T.output_step(p)
+            if T.output_step(p) > 0:  # int8 variants
+                lite = T.run_tflite(p, model_inputs(p, test))
+                err = np.abs(lite - np.asarray(keras_model(test, training=False))) / T.output_step(p)
                 agreement[name] = (float(np.mean(err <= 1.0)), float(err.max()))
         variants = {}
         for name, p in paths.items():
-            variants[name] = T.make_interpreter(p, num_threads=args.threads)
+            variants[name] = (T.make_interpreter(p, num_threads=args.threads), p)
             if name in ("float32", "int8"):
-                variants[name + ", XNNPACK off"] = T.make_interpreter(p, num_threads=args.threads, xnnpack=False)
-        ops = {name: ", ".join(o["op_name"] for o in interp._get_ops_details()) for name, interp in variants.items()}
+                variants[name + ", XNNPACK off"] = (T.make_interpreter(p, num_threads=args.threads, xnnpack=False), p)
+        ops = {name: ", ".join(o["op_name"] for o in interp._get_ops_details())
+               for name, (interp, _) in variants.items()}
         times = time_variants(variants, logmel_like(rng, 64), args.reps, args.windows)
     load1 = os.getloadavg()
 

@@ -379,3 +379,60 @@ def test_per_channel_vectors_are_stored_once_and_names_can_be_stripped(kws):
     np.testing.assert_array_equal(runner(window=windows[:1])["output_0"], T.run_tflite(shared, windows[:1]))
     f_stripped = T.to_tflite_float(kws["model"], kws["dir"] / "f_stripped.tflite", strip_names=True)
     assert os.path.getsize(f_stripped) < os.path.getsize(kws["float"])
+
+
+def test_split_front_end_gives_an_all_int8_model(kws, tmp_path):
+    """split_front_end: bn_in and the pooling move to a per-frame FrontEnd (JSON next to the .tflite); the model
+    takes the input quantizer's int8 window, has no float op, and FrontEnd.apply + LiteRT is within one output step
+    of the Keras model."""
+    from kws_quant.export.front_end import FrontEnd, load_front_end
+
+    path = T.to_tflite(kws["model"], tmp_path / "core.tflite", kws["rep"], split_front_end=True)
+    assert op_names(path) == ["RESHAPE"] + ["FULLY_CONNECTED"] * 4
+    inp, out = T.make_interpreter(path).get_input_details()[0], T.make_interpreter(path).get_output_details()[0]
+    assert list(inp["shape"]) == [1, 49, 40] and inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    front = load_front_end(path)
+    assert (tmp_path / "core.front_end.json").exists() and load_front_end(tmp_path / "core.front_end.json") == front
+    assert [s["op"] for s in front.steps] == ["affine", "average_pool"] and front.output_shape == (49, 40)
+    assert (front.scale, front.zero_point) == (pytest.approx(inp["quantization"][0]), inp["quantization"][1])
+    bn_in = kws["model"].get_layer("bn_in").quantized_weights()
+    np.testing.assert_allclose(front.steps[0]["gain"], bn_in["gain"].dequantize(), rtol=1e-6)
+    # the front end's int8 window is the Keras input quantizer's output, code for code
+    windows = logmel_like(kws["rng"], 32)
+    upto = keras.Model(kws["model"].inputs, kws["model"].get_layer("input_quant").output)
+    want = T.quantize_input(np.asarray(upto(windows, training=False)), front.scale, front.zero_point)
+    assert np.mean(front.apply(windows) == want) > 0.9999
+    keras_out = np.asarray(kws["model"](windows, training=False))
+    err = np.abs(T.run_tflite(path, front.apply(windows)) - keras_out) / T.output_step(path)
+    assert err.max() <= 1.0, err.max()
+    # smaller than the default export (no float ops, constants or QUANTIZE/DEQUANTIZE)
+    assert os.path.getsize(path) < os.path.getsize(kws["int8"]) - 1000
+    # float split: the same core in float32, equal to the full float export
+    f_path = T.to_tflite_float(kws["model"], tmp_path / "core_f32.tflite", split_front_end=True)
+    np.testing.assert_allclose(T.run_tflite(f_path, load_front_end(f_path).apply(windows)),
+                               T.run_tflite(kws["float"], windows), rtol=1e-4, atol=1e-4)
+    # bad input: wrong window shape, a broken front-end file
+    with pytest.raises(ValueError, match=r"windows must have shape \[n, 98, 40\]"):
+        front.apply(windows[:, :50])
+    bad = tmp_path / "bad.front_end.json"
+    bad.write_text('{"format": "kws_quant.front_end/1", "steps": [{"op": "fft"}], "input_shape": [1], '
+                   '"output_shape": [1]}')
+    with pytest.raises(ValueError, match=r"bad.front_end.json: steps\[0\] field 'op' is 'fft'"):
+        load_front_end(bad)
+    with pytest.raises(FileNotFoundError, match="no front end here"):
+        load_front_end(tmp_path / "missing.tflite")
+    assert isinstance(front, FrontEnd)
+
+
+def test_split_front_end_refuses_a_float_prefix_it_cannot_move(tmp_path):
+    """A 'same'-padded pooling before the input quantizer cannot run per frame: the error names it."""
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((20, 8))
+    x = keras.layers.AveragePooling1D(2, padding="same", name="same_pool")(inp)
+    x = QuantActivation(quantizer=LIN8, name="input_quant")(x)
+    x = keras.layers.Flatten()(x)
+    model = observe(keras.Model(inp, QuantDense(3, kernel_quantizer=TANH4, name="out")(x)),
+                    np.random.default_rng(2))
+    with pytest.raises(ValueError, match="split_front_end=True: same_pool .*cannot move to the per-frame front end"):
+        T.to_tflite(model, tmp_path / "x.tflite", logmel_like(np.random.default_rng(0), 8, 20, 8),
+                    split_front_end=True)

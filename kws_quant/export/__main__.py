@@ -2,7 +2,8 @@
 
     python -m kws_quant.export --model=run/tanh4/model.keras --out=model.tflite            # int8, exact codes
     python -m kws_quant.export --model=run/tanh4/model.keras --out=model_f32.tflite --float
-    python -m kws_quant.export --model=... --out=... --representative=windows.npy --int4 --fold_pooling
+    python -m kws_quant.export --model=... --out=... --representative=windows.npy --int4
+    python -m kws_quant.export --model=... --out=core.tflite --split_front_end   # + core.front_end.json
 
 ``--representative`` is a ``.npy`` of float feature windows ``[n, frames, mels]`` used to calibrate the output
 (logit) range; without it the range comes from synthetic windows (a warning says so). The directory of ``--out`` is
@@ -31,6 +32,9 @@ flags.DEFINE_bool("int4", False, "Pack the weights of dense layers with <= 4-bit
                   flag_values=FLAGS)
 flags.DEFINE_bool("fold_pooling", False, "Fold AveragePooling1D -> Flatten -> dense into the dense kernel (exact, "
                   "larger).", flag_values=FLAGS)
+flags.DEFINE_bool("split_front_end", False, "Move the leading per-frame layers (per-mel batch-norm, time pooling) "
+                  "out of the model into <out>.front_end.json; the int8 model then takes int8 windows.",
+                  flag_values=FLAGS)
 flags.DEFINE_bool("strip_names", False, "Drop intermediate tensor names (a few hundred bytes; input/output names "
                   "and the signature stay).", flag_values=FLAGS)
 flags.DEFINE_float("output_margin", 0.1, "Widen the calibrated output range by this fraction of its span per side.",
@@ -62,10 +66,13 @@ def run(argv) -> str:
     rep = np.load(FLAGS.representative) if FLAGS.representative else None
     path = to_tflite(FLAGS.model, FLAGS.out, rep, quantize=not FLAGS.float, io_dtype=FLAGS.io_dtype, int4=FLAGS.int4,
                      fold_pooling=FLAGS.fold_pooling, output_margin=FLAGS.output_margin,
-                     strip_names=FLAGS.strip_names)
+                     strip_names=FLAGS.strip_names, split_front_end=FLAGS.split_front_end)
     ops = read_linear_ops(path)
     kinds = ", ".join(f"{d['op']}[{d['weight_type']}]" for d in ops)
     print(f"wrote {path} ({os.path.getsize(path)} bytes): {kinds}")
+    if FLAGS.split_front_end:
+        from kws_quant.export.front_end import front_end_path
+        print(f"wrote {front_end_path(path)} (the per-frame front end)")
     return path
 
 

@@ -57,6 +57,11 @@ calibrated output range's, and quantizing a float window with :func:`quantize_in
 ``io_dtype="float32"``, the model takes and returns float32 through QUANTIZE/DEQUANTIZE ops. :func:`run_tflite`
 handles both.
 
+Split front end: ``split_front_end=True`` exports the model from its input quantizer on, with int8 input and output,
+and writes the leading per-frame layers (per-channel batch-norm, time pooling) as a
+:class:`~kws_quant.export.front_end.FrontEnd` (``<name>.front_end.json``) that a streaming device runs once per
+frame; ``FrontEnd.apply(windows)`` gives the int8 windows the model takes.
+
 Sub-8-bit packing: with ``int4=True`` the weights of a ``FULLY_CONNECTED`` op whose kernel quantizer has at most 4
 bits are stored as packed ``INT4`` tensors (two codes a byte, the same codes and scales); LiteRT's builtin kernels
 and XNNPACK run them and give the same outputs.
@@ -76,6 +81,7 @@ import numpy as np
 import tensorflow as tf
 
 from kws_quant import qat
+from kws_quant.export.front_end import FrontEnd, front_end_path
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense,
                               QuantLayer)
 
@@ -150,6 +156,11 @@ class _Shape:
     def depthwise_pool(layer) -> bool:
         return (isinstance(layer, (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D))
                 and layer.padding == "valid" and layer.data_format == "channels_last")
+
+    @staticmethod
+    def averages(layer) -> bool:
+        return isinstance(layer, (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+                                  keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D))
 
     def pool_size(self) -> int:
         return int(np.prod(self.layer.pool_size))
@@ -402,8 +413,7 @@ def _supported(layer) -> bool:
         keras.layers.BatchNormalization))
 
 
-def _read_ops(model, quantize: bool, stage: int) -> list:
-    layers = _chain(model)
+def _read_ops(layers: list, quantize: bool, stage: int) -> list:
     for layer in layers:  # name an unsupported layer before complaining about anything else
         if not _supported(layer):
             raise UnsupportedModelError(f"layer {layer.name!r} ({type(layer).__name__}) is not supported by the "
@@ -884,7 +894,7 @@ def _verify(data: bytes, ops: list) -> None:
 # ------------------------------------------------------------------------------------------------------------
 def to_tflite(model, path, representative_data=None, *, quantize: bool = True, io_dtype: str = "auto",
               int4: bool = False, fold_pooling: bool = False, output_margin: float = 0.1,
-              batch_size: int = 1, strip_names: bool = False) -> str:
+              batch_size: int = 1, strip_names: bool = False, split_front_end: bool = False) -> str:
     """Export a Keras model to a ``.tflite`` file and return ``path``. Missing parent directories of ``path`` are
     created.
 
@@ -914,6 +924,10 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
         batch_size: fixed batch dimension of the input (1: one streaming window per invoke).
         strip_names: drop the names of the intermediate tensors, the subgraph and the model description (a few
             hundred bytes; the signature and the input/output names stay). Applies to float export too.
+        split_front_end: move the leading per-frame layers (per-channel batch-norm, time pooling) out of the
+            model into a :class:`~kws_quant.export.front_end.FrontEnd` written to ``<name>.front_end.json``
+            (:mod:`kws_quant.export.front_end`): an int8 export then takes the int8 output of the input quantizer
+            (``FrontEnd.apply(windows)``) and has no float ops; a float export takes the front end's float output.
 
     Raises:
         ValueError (:class:`UnsupportedModelError`): an unsupported layer (named) or topology; for int8 export, a
@@ -934,7 +948,12 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
         raise UnsupportedModelError(f"model {model.name!r} has input shape {tuple(model.inputs[0].shape)}; the "
                                     "export needs a fixed window shape")
     stage = qat.get_stage(model) if any(isinstance(layer, QuantLayer) for layer in layers) else None
-    ops = _pool_before_affine(_fold_batchnorm(_read_ops(model, quantize, 2 if stage is None else stage), quantize))
+    stage_used = 2 if stage is None else stage
+    front = None
+    if split_front_end:
+        front, layers = _split_front_end(model, layers, stage_used)
+        input_shape = [batch_size] + list(front.output_shape)
+    ops = _pool_before_affine(_fold_batchnorm(_read_ops(layers, quantize, stage_used), quantize))
     if fold_pooling:
         before = len(ops)
         ops = _fold_pooling(ops)
@@ -950,7 +969,14 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
                                         "stage 2, or kws_quant.qat.set_stage(model, 2) if it was trained there.")
         ops = [o for o in ops if not (isinstance(o, _FakeQuant) and o.lo is None)]
         first = next(i for i, o in enumerate(ops) if isinstance(o, _FakeQuant))
-        float_prefix = [o.owner for o in ops[:first] if not isinstance(o, _Shape)]
+        # what runs in float before the input quantizer; moving and max-pooling values commute with quantization,
+        # averaging does not
+        float_prefix = [o.owner for o in ops[:first] if not isinstance(o, _Shape) or _Shape.averages(o.layer)]
+        if front is not None and float_prefix:
+            raise UnsupportedModelError(f"split_front_end=True: {', '.join(float_prefix)} of model {model.name!r} "
+                                        "run in float before the input quantizer but cannot move to the per-frame "
+                                        "front end (it takes per-channel batch-norms and AveragePooling1D with "
+                                        "strides = pool size, 'valid', at the start of the model)")
         if io_dtype == "auto":
             io_dtype = "float32" if float_prefix else "int8"
         elif io_dtype == "int8" and float_prefix:
@@ -958,6 +984,8 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
                                         "input quantizer, so its int8 input would skip them; export with "
                                         "io_dtype='float32' (or 'auto'), which keeps them in the model")
         if not isinstance(ops[-1], _FakeQuant):
+            if front is not None and representative_data is not None:
+                representative_data = front.apply(representative_data)  # float: no grid yet
             data = _representative(representative_data, input_shape, ops)
             ops.append(_calibrate_output(ops, input_shape, data, output_margin))
     data = _convert(ops, input_shape, quantize, io_dtype)
@@ -970,12 +998,40 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
+    if front is not None:
+        details = make_interpreter(data).get_input_details()[0]
+        if details["dtype"] == np.int8:
+            front.scale, front.zero_point = float(details["quantization"][0]), int(details["quantization"][1])
+        front.save(front_end_path(path))
     return path
 
 
-def to_tflite_float(model, path, *, batch_size: int = 1, strip_names: bool = False) -> str:
+def _split_front_end(model, layers: list, stage: int):
+    """``(FrontEnd, remaining layers)``: the leading per-frame layers of the chain (per-channel batch-norms with no
+    input/output quantizer, 'valid' AveragePooling1D with strides = pool size) become front-end steps."""
+    steps, i = [], 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, (QuantBatchNormalization, keras.layers.BatchNormalization)) and not (
+                isinstance(layer, QuantLayer) and ({"input", "output"} & set(layer.quantizers))):
+            bn = _bn_op(layer, stage)
+            steps.append({"op": "affine", "layer": layer.name, "gain": bn.gain.astype(np.float32).tolist(),
+                          "offset": bn.offset.astype(np.float32).tolist()})
+        elif (isinstance(layer, keras.layers.AveragePooling1D) and layer.padding == "valid"
+              and layer.data_format == "channels_last" and tuple(layer.strides) == tuple(layer.pool_size)):
+            steps.append({"op": "average_pool", "layer": layer.name, "size": int(layer.pool_size[0])})
+        else:
+            break
+        i += 1
+    out_shape = tuple(layers[i - 1].output.shape[1:]) if i else tuple(model.inputs[0].shape[1:])
+    return FrontEnd(steps, tuple(model.inputs[0].shape[1:]), out_shape), layers[i:]
+
+
+def to_tflite_float(model, path, *, batch_size: int = 1, strip_names: bool = False,
+                    split_front_end: bool = False) -> str:
     """The float32 ``.tflite`` of ``model`` (the int8 export's folded graph, float weights); see :func:`to_tflite`."""
-    return to_tflite(model, path, quantize=False, batch_size=batch_size, strip_names=strip_names)
+    return to_tflite(model, path, quantize=False, batch_size=batch_size, strip_names=strip_names,
+                     split_front_end=split_front_end)
 
 
 def make_interpreter(model, num_threads: int = 1, xnnpack: bool = True, reference: bool = False):
@@ -1012,21 +1068,24 @@ def quantize_input(windows, scale: float, zero_point: int) -> np.ndarray:
 
 
 def run_tflite(model, windows, interpreter=None) -> np.ndarray:
-    """Run a ``.tflite`` (path or bytes) on float windows ``[n, *window]``, one batch per invoke; float outputs.
+    """Run a ``.tflite`` (path or bytes) on windows ``[n, *window]``, one batch per invoke; float outputs.
 
-    int8 inputs are quantized with :func:`quantize_input` and int8 outputs dequantized, so int8 and float exports
+    Float windows for an int8 input are quantized with :func:`quantize_input`; int8 windows (e.g. a split
+    export's ``FrontEnd.apply(windows)``) go in as they are. int8 outputs are dequantized, so int8 and float exports
     are called alike. ``interpreter``: reuse one from :func:`make_interpreter` (``model`` is then ignored).
     """
     interp = interpreter or make_interpreter(model)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    x = np.asarray(windows, np.float32)
+    x = np.asarray(windows)
+    codes = x.dtype == np.int8 and inp["dtype"] == np.int8
+    x = x if codes else x.astype(np.float32)
     per_call = int(inp["shape"][0])
     if len(x) % per_call:
         raise ValueError(f"{len(x)} windows do not split into batches of {per_call}")
     results = []
     for i in range(0, len(x), per_call):
         chunk = x[i:i + per_call]
-        if inp["dtype"] == np.int8:
+        if inp["dtype"] == np.int8 and not codes:
             chunk = quantize_input(chunk, *inp["quantization"])
         interp.set_tensor(inp["index"], chunk)
         interp.invoke()

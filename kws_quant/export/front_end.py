@@ -1,0 +1,114 @@
+"""The per-frame front end of a split LiteRT export: what a streaming device computes once per feature frame.
+
+``to_tflite(model, path, split_front_end=True)`` cuts the model at its input quantizer. The leading per-frame
+layers (a per-channel batch-norm such as the KWS model's per-mel ``bn_in``; an ``AveragePooling1D`` over time with
+strides = pool size) move out of the ``.tflite`` into a :class:`FrontEnd`, saved next to it as
+``<name>.front_end.json``; the ``.tflite`` then takes the **int8** window the input quantizer produced
+(``[1, frames / pool, n_mels]``) and has no float ops at all. A device runs the front end as frames arrive (per
+frame: ``n_mels`` multiply-adds, one running sum per pool, one rounding) into an int8 ring buffer, and the model
+once per window on that buffer, instead of normalising, pooling and quantizing the whole window on every invoke.
+
+:meth:`FrontEnd.apply` is the reference: float windows ``[n, frames, n_mels]`` → what the model's input quantizer
+outputs, computed in the Keras model's order (normalise, then pool, then ``floor(x/s + 0.5) + zp`` clamped to int8).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+__all__ = ["FrontEnd", "front_end_path", "load_front_end"]
+
+FORMAT = "kws_quant.front_end/1"
+
+
+@dataclasses.dataclass
+class FrontEnd:
+    """Per-frame steps in model order, then (int8 exports) the input quantizer's grid.
+
+    Attributes:
+        steps: ``{"op": "affine", "layer": name, "gain": [C], "offset": [C]}`` (``y = x·gain + offset`` per channel)
+            or ``{"op": "average_pool", "layer": name, "size": p}`` (mean of ``p`` consecutive frames, stride ``p``,
+            trailing frames that do not fill a pool dropped, as Keras' 'valid' pooling).
+        scale, zero_point: the int8 grid of the model's input quantizer; ``None`` for a float export.
+        input_shape, output_shape: one window in and out, without the batch axis.
+    """
+
+    steps: list
+    input_shape: tuple
+    output_shape: tuple
+    scale: float | None = None
+    zero_point: int | None = None
+
+    def apply(self, windows) -> np.ndarray:
+        """Float windows ``[n, *input_shape]`` (or one window) → ``[n, *output_shape]``: int8 codes, or float32 when
+        the export is float. Raises ``ValueError`` for windows of another shape."""
+        x = np.asarray(windows, np.float32)
+        x = x[None] if x.ndim == len(self.input_shape) else x
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"front end: windows must have shape [n, {', '.join(map(str, self.input_shape))}], got "
+                             f"{tuple(x.shape)}")
+        for step in self.steps:
+            if step["op"] == "affine":
+                x = x * np.asarray(step["gain"], np.float32) + np.asarray(step["offset"], np.float32)
+            else:
+                p = int(step["size"])
+                usable = (x.shape[1] // p) * p
+                x = x[:, :usable].reshape(x.shape[0], usable // p, p, *x.shape[2:]).mean(axis=2, dtype=np.float32)
+        if self.scale is None:
+            return x.astype(np.float32)
+        q = np.floor(x / np.float32(self.scale) + np.float32(0.5)) + self.zero_point
+        return np.clip(q, -128, 127).astype(np.int8)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "steps": self.steps, "input_shape": list(self.input_shape),
+                "output_shape": list(self.output_shape), "scale": self.scale, "zero_point": self.zero_point}
+
+    def save(self, path) -> str:
+        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        return os.fspath(path)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "front end") -> "FrontEnd":
+        if d.get("format") != FORMAT:
+            raise ValueError(f"{where}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}")
+        for key in ("steps", "input_shape", "output_shape"):
+            if key not in d:
+                raise ValueError(f"{where}: field {key!r} is missing")
+        for i, step in enumerate(d["steps"]):
+            op = step.get("op")
+            if op == "affine":
+                if len(step.get("gain", [])) != len(step.get("offset", [])) or not step.get("gain"):
+                    raise ValueError(f"{where}: steps[{i}] (affine) needs 'gain' and 'offset' of one length")
+            elif op == "average_pool":
+                if not isinstance(step.get("size"), int) or step["size"] < 1:
+                    raise ValueError(f"{where}: steps[{i}] (average_pool) field 'size' is {step.get('size')!r}; "
+                                     "expected a positive integer")
+            else:
+                raise ValueError(f"{where}: steps[{i}] field 'op' is {op!r}; expected 'affine' or 'average_pool'")
+        return cls(list(d["steps"]), tuple(d["input_shape"]), tuple(d["output_shape"]), d.get("scale"),
+                   d.get("zero_point"))
+
+
+def front_end_path(tflite_path) -> str:
+    """``model.tflite`` → ``model.front_end.json`` (where a split export writes its front end)."""
+    return os.path.splitext(os.fspath(tflite_path))[0] + ".front_end.json"
+
+
+def load_front_end(path) -> FrontEnd:
+    """The front end saved by a split export: its ``.front_end.json``, or the ``.tflite`` it belongs to."""
+    path = os.fspath(path)
+    if not path.endswith(".json"):
+        path = front_end_path(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no front end here (written by to_tflite(..., split_front_end=True))")
+    with open(path, encoding="utf-8") as f:
+        try:
+            d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return FrontEnd.from_dict(d, where=path)
