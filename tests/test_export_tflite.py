@@ -291,6 +291,11 @@ def test_missing_output_directory_is_created_and_cli(kws, tmp_path):
     out_f = tmp_path / "other" / "model_f32.tflite"
     run(["export", f"--model={model_path}", f"--out={out_f}", "--float"])
     assert [d["weight_type"] for d in T.read_linear_ops(str(out_f))] == ["FLOAT32"] * 4
+    out_s = tmp_path / "split" / "core.tflite"
+    run(["export", f"--model={model_path}", f"--out={out_s}", "--split_front_end", "--strip_names",
+         f"--representative={tmp_path / 'rep.npy'}"])
+    assert (tmp_path / "split" / "core.front_end.json").exists()
+    assert T.make_interpreter(str(out_s)).get_input_details()[0]["dtype"] == np.int8
 
 
 def test_conv_model_exports_exact_codes(tmp_path):
@@ -405,6 +410,14 @@ def test_split_front_end_gives_an_all_int8_model(kws, tmp_path):
     keras_out = np.asarray(kws["model"](windows, training=False))
     err = np.abs(T.run_tflite(path, front.apply(windows)) - keras_out) / T.output_step(path)
     assert err.max() <= 1.0, err.max()
+    # streaming: one output frame per input frame; every window of the stream is a strided slice of them
+    stream = logmel_like(kws["rng"], 1, frames=140)[0]
+    per_frame = front.frames(stream)
+    assert per_frame.shape == (139, 40) and per_frame.dtype == np.int8
+    for start in (0, 1, 17, 42):
+        np.testing.assert_array_equal(front.window(per_frame, start), front.apply(stream[start:start + 98])[0])
+    with pytest.raises(ValueError, match="a window starting at frame 43 needs 97 frame outputs"):
+        front.window(per_frame, 43)
     # smaller than the default export (no float ops, constants or QUANTIZE/DEQUANTIZE)
     assert os.path.getsize(path) < os.path.getsize(kws["int8"]) - 1000
     # float split: the same core in float32, equal to the full float export

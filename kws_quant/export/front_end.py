@@ -10,6 +10,8 @@ once per window on that buffer, instead of normalising, pooling and quantizing t
 
 :meth:`FrontEnd.apply` is the reference: float windows ``[n, frames, n_mels]`` → what the model's input quantizer
 outputs, computed in the Keras model's order (normalise, then pool, then ``floor(x/s + 0.5) + zp`` clamped to int8).
+:meth:`FrontEnd.frames` is the streaming form (one output frame per input frame, each window a strided slice of
+them: :meth:`FrontEnd.window`), with the same values.
 """
 from __future__ import annotations
 
@@ -57,6 +59,39 @@ class FrontEnd:
                 p = int(step["size"])
                 usable = (x.shape[1] // p) * p
                 x = x[:, :usable].reshape(x.shape[0], usable // p, p, *x.shape[2:]).mean(axis=2, dtype=np.float32)
+        return self._quantize(x)
+
+    def frames(self, features) -> np.ndarray:
+        """A feature stream ``[T, n_mels]`` → one output frame per input frame from the ``p``-th on:
+        ``[T - p + 1, n_mels]`` (``p`` the pool size, 1 without pooling), what a device computes as frames arrive
+        and keeps in its ring buffer. The window starting at frame ``t`` is ``out[t : t + p·frames_out : p]`` and
+        equals ``apply`` on ``features[t : t + window]``. At most one pooling step."""
+        x = np.asarray(features, np.float32)
+        if x.ndim != 2 or x.shape[1:] != tuple(self.input_shape[1:]):
+            raise ValueError(f"front end: features must have shape [frames, {', '.join(map(str, self.input_shape[1:]))}]"
+                             f", got {tuple(x.shape)}")
+        pools = [s for s in self.steps if s["op"] == "average_pool"]
+        if len(pools) > 1:
+            raise ValueError("front end: frames() supports at most one pooling step")
+        for step in self.steps:
+            if step["op"] == "affine":
+                x = x * np.asarray(step["gain"], np.float32) + np.asarray(step["offset"], np.float32)
+            else:
+                view = np.lib.stride_tricks.sliding_window_view(x, int(step["size"]), axis=0)  # [T-p+1, C, p]
+                x = np.moveaxis(view, -1, 1).mean(axis=1, dtype=np.float32)
+        return self._quantize(x)
+
+    def window(self, frame_outputs, start: int) -> np.ndarray:
+        """The model input of the window starting at frame ``start`` from :meth:`frames`' output."""
+        p = next((int(s["size"]) for s in self.steps if s["op"] == "average_pool"), 1)
+        n = self.output_shape[0]
+        out = np.asarray(frame_outputs)[start:start + p * n:p]
+        if len(out) != n:
+            raise ValueError(f"front end: a window starting at frame {start} needs {p * (n - 1) + 1} frame outputs "
+                             f"from there, {len(frame_outputs) - start} are left")
+        return out
+
+    def _quantize(self, x) -> np.ndarray:
         if self.scale is None:
             return x.astype(np.float32)
         q = np.floor(x / np.float32(self.scale) + np.float32(0.5)) + self.zero_point
