@@ -185,6 +185,22 @@ def summary_table(points: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
+def deployment_table(metrics: dict, names) -> pd.DataFrame:
+    """One row per model with ``metrics[name]["deployment"]`` (written by the training run's export step)."""
+    rows = []
+    for name in names:
+        d = metrics.get(name, {}).get("deployment")
+        if not d or "skipped" in d:
+            continue
+        rows.append({"model": name, "int8_tflite_bytes": d["int8_bytes"], "vs_float32_tflite": d["int8_vs_float32"],
+                     "keras_test_accuracy": d.get("keras_test_accuracy", np.nan),
+                     "litert_int8_test_accuracy": d.get("int8_test_accuracy", np.nan),
+                     "within_one_step": d["within_one_step"], "max_error_steps": d["max_error_steps"],
+                     "int4_tflite_bytes": d.get("int4_bytes"), "core_tflite_bytes": d.get("core_bytes"),
+                     **{f"{k}_payload_bytes": v for k, v in d.get("packed_bytes", {}).items()}})
+    return pd.DataFrame(rows)
+
+
 def write_report(results, out_dir: str, *, title: str, command: str, streams_info: dict,
                  clip_metrics: dict | None = None) -> dict:
     """Write report.md/.html, CSVs and PNGs to ``out_dir``; returns their paths."""
@@ -221,6 +237,14 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
           _md(summary), "", "Per keyword: `operating_points.csv`; full curves: `det_<model>.csv`.", "",
           "## Memory projections", "", "![memory](memory.png)", "", _md(memory, ".5g"), "",
           "## Clip-level test accuracy and scan time", "", _md(clip, ".4f"), ""]
+    deploy = deployment_table(clip_metrics or {}, [r.name for r in results])
+    if len(deploy):
+        md += ["## Deployment exports (LiteRT int8, checked on the test clips)", "",
+               "Written by the training run into `<phase>/export/` (`kws_quant.export.deployment`): `int8.tflite` "
+               "(exact integer codes), `int4.tflite` (≤4-bit kernels packed), `core.tflite` + `core.front_end.json` "
+               "(all-int8 model, per-frame front end split off) and the bit-packed payloads. `within_one_step`: "
+               "share of the LiteRT logits within one int8 output step of the Keras model's.", "",
+               _md(deploy, ".4g"), ""]
     with open(paths["md"], "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     html = ["<!doctype html><html><head><meta charset='utf-8'><title>" + title + "</title>",
@@ -230,7 +254,10 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
             "<img src='det.png' alt='DET curves'>", "<h2>Operating points</h2>",
             summary.to_html(index=False, float_format="%.4g"), "<h2>Memory projections</h2>",
             "<img src='memory.png' alt='memory'>", memory.to_html(index=False, float_format="%.5g"),
-            "<h2>Clip-level test accuracy</h2>", clip.to_html(index=False, float_format="%.4f"), "</body></html>"]
+            "<h2>Clip-level test accuracy</h2>", clip.to_html(index=False, float_format="%.4f")]
+    if len(deploy):
+        html += ["<h2>Deployment exports</h2>", deploy.to_html(index=False, float_format="%.4g")]
+    html.append("</body></html>")
     with open(paths["html"], "w", encoding="utf-8") as f:
         f.write("\n".join(html))
     return paths

@@ -1,4 +1,5 @@
-"""The KWS experiment behind ``python -m kws_quant.train``: data → float model → QAT twins → test metrics."""
+"""The KWS experiment behind ``python -m kws_quant.train``: data → float model → QAT twins → test metrics →
+deployment exports (LiteRT int8, split front end, bit-packed payloads) checked on the test split."""
 from __future__ import annotations
 
 import dataclasses
@@ -168,6 +169,45 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: KWSData, strat
     return model
 
 
+def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
+    """Write the deployment files of a finished QAT phase into ``<phase>/export/`` and record what they measure
+    on the test split (:func:`kws_quant.export.deployment.export_for_deployment`) as ``metrics[phase]["deployment"]``.
+    Skipped when already recorded (resume) and, with a note, for a model that did not reach QAT stage 2."""
+    if "deployment" in run.load_metrics().get(phase, {}):
+        return
+    if qat.get_stage(model) != 2:
+        run.update_metrics(phase, {"deployment": {"skipped": f"QAT stage {qat.get_stage(model)}: the int8 export "
+                                                             "needs stage 2 (config.train.stage2_epochs > 0)"}})
+        return
+    from kws_quant.export.deployment import export_for_deployment
+
+    def windows(dataset, limit=None):
+        xs, ys, n = [], [], 0
+        for x, y in dataset:
+            xs.append(x.numpy())
+            ys.append(y.numpy())
+            n += len(xs[-1])
+            if limit and n >= limit:
+                break
+        return (np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]) if xs else (None, None)
+
+    # the logits' int8 range: validation and (augmented) training windows, never the test split
+    parts = [w for w in (windows(data.validation, 512)[0], windows(data.train, 1536)[0]) if w is not None]
+    calibration = np.concatenate(parts)
+    x, y = windows(data.test)
+    if x is None:
+        run.update_metrics(phase, {"deployment": {"skipped": "the test split is empty"}})
+        return
+    print(f"\n== phase {phase}: deployment exports into {os.path.join(run.phase(phase), 'export')} ==")
+    result = export_for_deployment(model, os.path.join(run.phase(phase), "export"), calibration, x, y,
+                                   int4=ecfg["int4"], split_front_end=ecfg["split_front_end"],
+                                   pack_presets=tuple(ecfg["pack_presets"]))
+    print(f"int8.tflite {result['int8_bytes']:,} bytes ({result['int8_vs_float32']:.2f}x smaller than float32); "
+          f"LiteRT test accuracy {result['int8_test_accuracy']:.4f} (Keras {result['keras_test_accuracy']:.4f}); "
+          f"{100 * result['within_one_step']:.2f}% of logits within one output step")
+    run.update_metrics(phase, {"deployment": result})
+
+
 def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool = False, verbose: int = 1) -> dict:
     """Run every phase of the experiment in ``workdir``; returns the metrics of all phases."""
     run_dir = RunDir(workdir)
@@ -178,7 +218,9 @@ def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool
     float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)
     for recipe in cfg["qat"]["recipes"]:
         init = float_model if cfg["train"]["qat_init_from_float"] else None
-        train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
+        model = train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
+        if cfg["export"]["enabled"]:
+            export_phase(run_dir, recipe, model, data, cfg["export"])
     if cfg["report"]["enabled"]:
         from eval.kws_streams import StreamConfig
         from eval.report import report_run

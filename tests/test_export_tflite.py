@@ -449,3 +449,29 @@ def test_split_front_end_refuses_a_float_prefix_it_cannot_move(tmp_path):
     with pytest.raises(ValueError, match="split_front_end=True: same_pool .*cannot move to the per-frame front end"):
         T.to_tflite(model, tmp_path / "x.tflite", logmel_like(np.random.default_rng(0), 8, 20, 8),
                     split_front_end=True)
+
+
+@pytest.mark.parametrize("spec, narrow", [("linear(bits=8)", False), ("linear(bits=8, symmetric=True)", True)])
+def test_quantize_codes_is_the_keras_input_quantizer(spec, narrow):
+    """quantize_codes gives the Keras input quantizer's code for every value, beyond the range too; on a value
+    within a float32 rounding error of a step boundary it may pick the neighbouring code (TF's own eager and XLA
+    fake-quant kernels differ there as well)."""
+    from kws_quant.export.front_end import quantize_codes
+
+    rng = np.random.default_rng(8)
+    layer = QuantActivation(quantizer=spec, name="input_quant")
+    for _ in range(3):
+        layer(rng.normal(-1.0, 2.0, size=(64, 40)).astype(np.float32), training=True)
+    ic = layer.quantizers["output"].codes(np.zeros((), np.float32), layer._qstate["output"])
+    s, zp = np.float32(ic.scale), int(ic.zero_point) - (0 if ic.signed else 128)
+    lo = np.float32((1 if narrow else 0) - (zp + 128)) * s
+
+    def keras_codes(x):
+        y = np.asarray(layer(x[None], training=False))[0].astype(np.float64)
+        return np.round((y - lo) / s).astype(np.int64) + (1 if narrow else 0) - 128
+
+    x = rng.normal(-1.0, 3.0, 50000).astype(np.float32)  # ~10 % beyond the range on each side
+    np.testing.assert_array_equal(quantize_codes(x, s, zp, narrow), keras_codes(x))
+    assert keras_codes(x).min() == (-127 if narrow else -128) and keras_codes(x).max() == 127
+    ties = lo + (np.arange(0, 255, dtype=np.float32) + np.float32(0.5)) * s
+    assert np.abs(quantize_codes(ties, s, zp, narrow).astype(np.int64) - keras_codes(ties)).max() <= 1

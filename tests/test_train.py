@@ -38,7 +38,7 @@ def history_epochs(path):
 
 
 def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
-    args = tiny_args(tmp_path, "--config.report.enabled=False", float_epochs=40)
+    args = tiny_args(tmp_path, "--config.report.enabled=False", "--config.export.enabled=False", float_epochs=40)
     hist = tmp_path / "run" / "float" / "history.csv"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -78,6 +78,17 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         assert os.listdir(tmp_path / "run" / phase / "tensorboard")
     assert "| tanh4 |" in out.stdout and "Results in" in out.stdout
     assert (tmp_path / "run" / "report" / "report.md").exists() and "report: " in out.stdout
+    # deployment exports of the QAT phase, checked on the test clips, and their table in the report
+    export = tmp_path / "run" / "tanh4" / "export"
+    for name in ("int8.tflite", "int4.tflite", "core.tflite", "core.front_end.json", "nna-5bit/payload.bin"):
+        assert (export / name).exists(), name
+    d = metrics["tanh4"]["deployment"]
+    # (a logit beyond the range calibrated on training/validation windows saturates: a few clips here)
+    assert d["within_one_step"] >= 0.9 and d["core_within_one_step"] == d["within_one_step"], d
+    assert d["argmax_agreement"] >= 0.9 and d["keras_test_accuracy"] == metrics["tanh4"]["test_accuracy"]
+    assert abs(d["int8_test_accuracy"] - d["keras_test_accuracy"]) <= 0.1
+    assert d["int8_bytes"] == os.path.getsize(export / "int8.tflite") and d["int8_vs_float32"] > 3.5
+    assert "## Deployment exports" in (tmp_path / "run" / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args, message", [

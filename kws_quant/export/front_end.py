@@ -9,7 +9,8 @@ frame: ``n_mels`` multiply-adds, one running sum per pool, one rounding) into an
 once per window on that buffer, instead of normalising, pooling and quantizing the whole window on every invoke.
 
 :meth:`FrontEnd.apply` is the reference: float windows ``[n, frames, n_mels]`` → what the model's input quantizer
-outputs, computed in the Keras model's order (normalise, then pool, then ``floor(x/s + 0.5) + zp`` clamped to int8).
+outputs, computed in the Keras model's order (normalise, pool, then the input quantizer's rounding,
+:func:`quantize_codes`).
 :meth:`FrontEnd.frames` is the streaming form (one output frame per input frame, each window a strided slice of
 them: :meth:`FrontEnd.window`), with the same values.
 """
@@ -21,9 +22,27 @@ import os
 
 import numpy as np
 
-__all__ = ["FrontEnd", "front_end_path", "load_front_end"]
+__all__ = ["FrontEnd", "front_end_path", "load_front_end", "quantize_codes"]
 
 FORMAT = "kws_quant.front_end/1"
+
+
+def quantize_codes(x, scale: float, zero_point: int, narrow_range: bool = False) -> np.ndarray:
+    """Float values → the int8 codes the Keras 8-bit input quantizer gives on the grid ``(scale, zero_point)``.
+
+    Asymmetric grids repeat ``fake_quant_with_min_max_vars``' float32 steps: clamp to the nudged range
+    ``[-z·s, (255 - z)·s]`` (``z = zero_point + 128``), then ``floor((x - min)·(1/s) + 0.5)``. Symmetric grids
+    (``narrow_range``) are ``clip(round(x / s), ±127)``, rounding half to even, as ``LinearQuantizer`` does. A value
+    within a float32 rounding error of a step boundary may get the neighbouring code (TF's eager and XLA fake-quant
+    kernels differ from each other there too)."""
+    s = np.float32(scale)
+    if narrow_range:  # LinearQuantizer's symmetric grid: clip(round(x / s), ±127)
+        return np.clip(np.round(np.asarray(x, np.float32) / s), -127, 127).astype(np.int8)
+    z = int(zero_point) + 128
+    lo, hi = np.float32(-z) * s, np.float32(255 - z) * s
+    clamped = np.minimum(np.maximum(np.asarray(x, np.float32), lo), hi)
+    rounded = np.floor((clamped - lo) * (np.float32(1.0) / s) + np.float32(0.5))
+    return (rounded - np.float32(128)).astype(np.int8)
 
 
 @dataclasses.dataclass
@@ -35,6 +54,7 @@ class FrontEnd:
             or ``{"op": "average_pool", "layer": name, "size": p}`` (mean of ``p`` consecutive frames, stride ``p``,
             trailing frames that do not fill a pool dropped, as Keras' 'valid' pooling).
         scale, zero_point: the int8 grid of the model's input quantizer; ``None`` for a float export.
+        narrow_range: the input quantizer is symmetric (codes -127..127).
         input_shape, output_shape: one window in and out, without the batch axis.
     """
 
@@ -43,6 +63,7 @@ class FrontEnd:
     output_shape: tuple
     scale: float | None = None
     zero_point: int | None = None
+    narrow_range: bool = False
 
     def apply(self, windows) -> np.ndarray:
         """Float windows ``[n, *input_shape]`` (or one window) → ``[n, *output_shape]``: int8 codes, or float32 when
@@ -94,12 +115,12 @@ class FrontEnd:
     def _quantize(self, x) -> np.ndarray:
         if self.scale is None:
             return x.astype(np.float32)
-        q = np.floor(x / np.float32(self.scale) + np.float32(0.5)) + self.zero_point
-        return np.clip(q, -128, 127).astype(np.int8)
+        return quantize_codes(x, self.scale, self.zero_point, self.narrow_range)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "steps": self.steps, "input_shape": list(self.input_shape),
-                "output_shape": list(self.output_shape), "scale": self.scale, "zero_point": self.zero_point}
+                "output_shape": list(self.output_shape), "scale": self.scale, "zero_point": self.zero_point,
+                "narrow_range": self.narrow_range}
 
     def save(self, path) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
@@ -126,7 +147,7 @@ class FrontEnd:
             else:
                 raise ValueError(f"{where}: steps[{i}] field 'op' is {op!r}; expected 'affine' or 'average_pool'")
         return cls(list(d["steps"]), tuple(d["input_shape"]), tuple(d["output_shape"]), d.get("scale"),
-                   d.get("zero_point"))
+                   d.get("zero_point"), bool(d.get("narrow_range", False)))
 
 
 def front_end_path(tflite_path) -> str:

@@ -52,8 +52,8 @@ channel; identical vectors (the all-zero zero points) are written once and share
 
 Interface: ``io_dtype="auto"`` (default) gives **int8 input and output** tensors (a fully integer model) when
 nothing runs in float before the input quantizer: their scale and zero point are the input quantizer's and the
-calibrated output range's, and quantizing a float window with :func:`quantize_input`
-(``floor(x/s + 0.5) + zp``, clamped) is the Keras model's own input quantization. Otherwise, or with
+calibrated output range's, and quantizing a float window with :func:`quantize_input` (TF's fake-quant
+arithmetic) is the Keras model's own input quantization. Otherwise, or with
 ``io_dtype="float32"``, the model takes and returns float32 through QUANTIZE/DEQUANTIZE ops. :func:`run_tflite`
 handles both.
 
@@ -81,7 +81,7 @@ import numpy as np
 import tensorflow as tf
 
 from kws_quant import qat
-from kws_quant.export.front_end import FrontEnd, front_end_path
+from kws_quant.export.front_end import FrontEnd, front_end_path, quantize_codes
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense,
                               QuantLayer)
 
@@ -1002,6 +1002,7 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
         details = make_interpreter(data).get_input_details()[0]
         if details["dtype"] == np.int8:
             front.scale, front.zero_point = float(details["quantization"][0]), int(details["quantization"][1])
+            front.narrow_range = bool(next(o for o in ops if isinstance(o, _FakeQuant)).narrow)
         front.save(front_end_path(path))
     return path
 
@@ -1061,10 +1062,10 @@ def make_interpreter(model, num_threads: int = 1, xnnpack: bool = True, referenc
     return interp
 
 
-def quantize_input(windows, scale: float, zero_point: int) -> np.ndarray:
-    """Float windows → int8 exactly as the Keras input quantizer rounds (``floor(x/s + 0.5) + zp``, clamped)."""
-    q = np.floor(np.asarray(windows, np.float32) / np.float32(scale) + np.float32(0.5)) + zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
+def quantize_input(windows, scale: float, zero_point: int, narrow_range: bool = False) -> np.ndarray:
+    """Float windows → int8 exactly as the Keras input quantizer rounds them
+    (:func:`kws_quant.export.front_end.quantize_codes`: TF's fake-quant arithmetic, clamped to the nudged range)."""
+    return quantize_codes(windows, scale, zero_point, narrow_range)
 
 
 def run_tflite(model, windows, interpreter=None) -> np.ndarray:

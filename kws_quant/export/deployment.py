@@ -1,0 +1,93 @@
+"""Deployment artifacts of a trained QAT model, checked on held-out data: what the main job writes per QAT phase.
+
+:func:`export_for_deployment` writes, into one directory:
+
+- ``int8.tflite``: the LiteRT int8 export (:func:`kws_quant.export.tflite.to_tflite`, exact integer codes);
+- ``int4.tflite``: the same with ≤4-bit kernels packed as INT4 (only when the model has such kernels);
+- ``core.tflite`` + ``core.front_end.json``: the all-int8 model with its per-frame front end split off
+  (``split_front_end=True``);
+- ``<preset>/payload.bin`` + ``manifest.json``: the bit-packed NNA/ARM payload (:func:`kws_quant.export.packing.pack`)
+  for each preset;
+
+and returns what it measured: file sizes (and the float32 export's, for the ratio), the LiteRT int8 model's test
+accuracy next to the Keras model's, the share of logits within one int8 output step of the Keras model, the worst
+error in steps and how often the two agree on the class.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from kws_quant.export import tflite as T
+from kws_quant.export.front_end import load_front_end
+
+__all__ = ["export_for_deployment"]
+
+
+def export_for_deployment(model, out_dir: str, calibration, test_windows, test_labels=None, *, int4: bool = True,
+                          split_front_end: bool = True, pack_presets=("nna-5bit",)) -> dict:
+    """Export ``model`` (a stage-2 QAT KWS model) into ``out_dir`` and check the int8 export on ``test_windows``.
+
+    Args:
+        calibration: float windows ``[n, frames, n_mels]`` for the output range (e.g. validation windows).
+        test_windows: float windows ``[m, frames, n_mels]`` the checks run on; ``test_labels`` ``[m]`` class ids
+            (optional: accuracies are left out without them).
+        int4, split_front_end: also write ``int4.tflite`` / ``core.tflite`` + ``core.front_end.json``.
+        pack_presets: :mod:`kws_quant.export.packing` presets to write payloads for.
+
+    Returns:
+        A JSON-ready dict: ``int8_bytes``, ``float32_bytes``, ``int8_vs_float32``, ``int4_bytes`` / ``core_bytes``
+        (``None`` when not written), ``packed_bytes`` ``{preset: bytes}``, ``within_one_step`` (share of logits),
+        ``max_error_steps``, ``argmax_agreement``, ``keras_test_accuracy`` and ``int8_test_accuracy`` (with labels),
+        ``core_within_one_step``, ``test_windows``.
+    """
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # the converter logs every SavedModel it writes at INFO
+    try:
+        return _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
+def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets) -> dict:
+    from kws_quant.export.packing import pack
+
+    os.makedirs(out_dir, exist_ok=True)
+    x = np.asarray(test_windows, np.float32)
+    keras_logits = np.concatenate([np.asarray(model(x[i:i + 512], training=False)) for i in range(0, len(x), 512)])
+    out = {"test_windows": int(len(x))}
+
+    path = T.to_tflite(model, os.path.join(out_dir, "int8.tflite"), calibration)
+    f32 = T.to_tflite_float(model, os.path.join(out_dir, "float32.tflite"))
+    out["int8_bytes"], out["float32_bytes"] = os.path.getsize(path), os.path.getsize(f32)
+    os.remove(f32)  # only its size is needed: the float phase has the float model
+    out["int8_vs_float32"] = out["float32_bytes"] / out["int8_bytes"]
+    lite = T.run_tflite(path, x)
+    err = np.abs(lite - keras_logits) / T.output_step(path)
+    out.update(within_one_step=float(np.mean(err <= 1.0)), max_error_steps=float(err.max(initial=0.0)),
+               argmax_agreement=float(np.mean(lite.argmax(1) == keras_logits.argmax(1))))
+    if test_labels is not None:
+        y = np.asarray(test_labels)
+        out.update(keras_test_accuracy=float(np.mean(keras_logits.argmax(1) == y)),
+                   int8_test_accuracy=float(np.mean(lite.argmax(1) == y)))
+
+    out["int4_bytes"] = None
+    if int4:
+        p4 = T.to_tflite(model, os.path.join(out_dir, "int4.tflite"), calibration, int4=True)
+        if any(d["weight_type"] == "INT4" for d in T.read_linear_ops(p4)):
+            out["int4_bytes"] = os.path.getsize(p4)
+        else:  # no kernel of ≤ 4 bits: the file would be int8.tflite again
+            os.remove(p4)
+    out["core_bytes"] = out["core_within_one_step"] = None
+    if split_front_end:
+        core = T.to_tflite(model, os.path.join(out_dir, "core.tflite"), calibration, split_front_end=True)
+        core_err = np.abs(T.run_tflite(core, load_front_end(core).apply(x)) - keras_logits) / T.output_step(core)
+        out["core_bytes"], out["core_within_one_step"] = os.path.getsize(core), float(np.mean(core_err <= 1.0))
+    out["packed_bytes"] = {}
+    for preset in pack_presets:
+        manifest = pack(model, os.path.join(out_dir, preset), preset=preset)
+        out["packed_bytes"][preset] = int(manifest["payload_nbytes"])
+    return out
