@@ -196,6 +196,7 @@ def deployment_table(metrics: dict, names) -> pd.DataFrame:
                      "keras_test_accuracy": d.get("keras_test_accuracy", np.nan),
                      "litert_int8_test_accuracy": d.get("int8_test_accuracy", np.nan),
                      "within_one_step": d["within_one_step"], "max_error_steps": d["max_error_steps"],
+                     "saturated": d.get("saturated", np.nan),
                      "int4_tflite_bytes": d.get("int4_bytes"), "core_tflite_bytes": d.get("core_bytes"),
                      **{f"{k}_payload_bytes": v for k, v in d.get("packed_bytes", {}).items()}})
     return pd.DataFrame(rows)
@@ -243,7 +244,9 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
                "Written by the training run into `<phase>/export/` (`kws_quant.export.deployment`): `int8.tflite` "
                "(exact integer codes), `int4.tflite` (≤4-bit kernels packed), `core.tflite` + `core.front_end.json` "
                "(all-int8 model, per-frame front end split off) and the bit-packed payloads. `within_one_step`: "
-               "share of the LiteRT logits within one int8 output step of the Keras model's.", "",
+               "share of the LiteRT logits within one int8 output step of the Keras model's; `saturated`: share of "
+               "the Keras logits beyond the int8 output range (calibrated on training and validation windows, "
+               "widened by `config.export.output_margin`), which LiteRT clips.", "",
                _md(deploy, ".4g"), ""]
     with open(paths["md"], "w", encoding="utf-8") as f:
         f.write("\n".join(md))

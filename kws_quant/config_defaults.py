@@ -44,7 +44,7 @@ def kws_config() -> ml_collections.ConfigDict:
         enabled=True, negative_hours=0.5, hop_frames=2, n_boot=200))
 
     c.export = ml_collections.ConfigDict(dict(  # per QAT phase: <workdir>/<phase>/export/, checked on the test split
-        enabled=True, int4=True, split_front_end=True, pack_presets=("nna-5bit",)))
+        enabled=True, int4=True, split_front_end=True, pack_presets=("nna-5bit",), output_margin=0.25))
 
     c.qat = ml_collections.ConfigDict()
     c.qat.recipes = ("tanh4",)             # kws_quant.models.recipes presets, one QAT model each

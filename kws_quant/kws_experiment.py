@@ -201,10 +201,11 @@ def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
     print(f"\n== phase {phase}: deployment exports into {os.path.join(run.phase(phase), 'export')} ==")
     result = export_for_deployment(model, os.path.join(run.phase(phase), "export"), calibration, x, y,
                                    int4=ecfg["int4"], split_front_end=ecfg["split_front_end"],
-                                   pack_presets=tuple(ecfg["pack_presets"]))
+                                   pack_presets=tuple(ecfg["pack_presets"]), output_margin=ecfg["output_margin"])
     print(f"int8.tflite {result['int8_bytes']:,} bytes ({result['int8_vs_float32']:.2f}x smaller than float32); "
           f"LiteRT test accuracy {result['int8_test_accuracy']:.4f} (Keras {result['keras_test_accuracy']:.4f}); "
-          f"{100 * result['within_one_step']:.2f}% of logits within one output step")
+          f"{100 * result['within_one_step']:.2f}% of logits within one output step "
+          f"({100 * result['saturated']:.2f}% beyond the int8 output range)")
     run.update_metrics(phase, {"deployment": result})
 
 
@@ -216,10 +217,12 @@ def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool
     data = prepare_data(cfg, skip_bad_files)
     dist = make_strategy(strategy)
     float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)
+    trained = {}
     for recipe in cfg["qat"]["recipes"]:
         init = float_model if cfg["train"]["qat_init_from_float"] else None
-        model = train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
-        if cfg["export"]["enabled"]:
+        trained[recipe] = train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
+    if cfg["export"]["enabled"]:  # after all training: reading the datasets must not change a later phase's batches
+        for recipe, model in trained.items():
             export_phase(run_dir, recipe, model, data, cfg["export"])
     if cfg["report"]["enabled"]:
         from eval.kws_streams import StreamConfig

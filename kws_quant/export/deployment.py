@@ -26,7 +26,7 @@ __all__ = ["export_for_deployment"]
 
 
 def export_for_deployment(model, out_dir: str, calibration, test_windows, test_labels=None, *, int4: bool = True,
-                          split_front_end: bool = True, pack_presets=("nna-5bit",)) -> dict:
+                          split_front_end: bool = True, pack_presets=("nna-5bit",), output_margin: float = 0.25) -> dict:
     """Export ``model`` (a stage-2 QAT KWS model) into ``out_dir`` and check the int8 export on ``test_windows``.
 
     Args:
@@ -35,11 +35,14 @@ def export_for_deployment(model, out_dir: str, calibration, test_windows, test_l
             (optional: accuracies are left out without them).
         int4, split_front_end: also write ``int4.tflite`` / ``core.tflite`` + ``core.front_end.json``.
         pack_presets: :mod:`kws_quant.export.packing` presets to write payloads for.
+        output_margin: widen the logits' int8 range (calibrated on ``calibration``) by this share of its span on
+            each side: unseen data (a new speaker) gives logits beyond the calibration's, which would saturate.
 
     Returns:
         A JSON-ready dict: ``int8_bytes``, ``float32_bytes``, ``int8_vs_float32``, ``int4_bytes`` / ``core_bytes``
         (``None`` when not written), ``packed_bytes`` ``{preset: bytes}``, ``within_one_step`` (share of logits),
-        ``max_error_steps``, ``argmax_agreement``, ``keras_test_accuracy`` and ``int8_test_accuracy`` (with labels),
+        ``max_error_steps``, ``saturated`` (share of the Keras logits beyond the int8 output range),
+        ``argmax_agreement``, ``keras_test_accuracy`` and ``int8_test_accuracy`` (with labels),
         ``core_within_one_step``, ``test_windows``.
     """
     from absl import logging as absl_logging
@@ -47,12 +50,14 @@ def export_for_deployment(model, out_dir: str, calibration, test_windows, test_l
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.WARNING)  # the converter logs every SavedModel it writes at INFO
     try:
-        return _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets)
+        return _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
+                       output_margin)
     finally:
         absl_logging.set_verbosity(verbosity)
 
 
-def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets) -> dict:
+def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
+            output_margin) -> dict:
     from kws_quant.export.packing import pack
 
     os.makedirs(out_dir, exist_ok=True)
@@ -60,14 +65,20 @@ def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_
     keras_logits = np.concatenate([np.asarray(model(x[i:i + 512], training=False)) for i in range(0, len(x), 512)])
     out = {"test_windows": int(len(x))}
 
-    path = T.to_tflite(model, os.path.join(out_dir, "int8.tflite"), calibration)
+    kw = dict(output_margin=output_margin)
+    path = T.to_tflite(model, os.path.join(out_dir, "int8.tflite"), calibration, **kw)
     f32 = T.to_tflite_float(model, os.path.join(out_dir, "float32.tflite"))
     out["int8_bytes"], out["float32_bytes"] = os.path.getsize(path), os.path.getsize(f32)
     os.remove(f32)  # only its size is needed: the float phase has the float model
     out["int8_vs_float32"] = out["float32_bytes"] / out["int8_bytes"]
     lite = T.run_tflite(path, x)
-    err = np.abs(lite - keras_logits) / T.output_step(path)
+    step = T.output_step(path)
+    err = np.abs(lite - keras_logits) / step
+    last = T.read_linear_ops(path)[-1]
+    zero = float(last["output_zero_point"][0])
+    lo, hi = (-128 - zero) * step, (127 - zero) * step
     out.update(within_one_step=float(np.mean(err <= 1.0)), max_error_steps=float(err.max(initial=0.0)),
+               saturated=float(np.mean((keras_logits < lo - step / 2) | (keras_logits > hi + step / 2))),
                argmax_agreement=float(np.mean(lite.argmax(1) == keras_logits.argmax(1))))
     if test_labels is not None:
         y = np.asarray(test_labels)
@@ -76,14 +87,14 @@ def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_
 
     out["int4_bytes"] = None
     if int4:
-        p4 = T.to_tflite(model, os.path.join(out_dir, "int4.tflite"), calibration, int4=True)
+        p4 = T.to_tflite(model, os.path.join(out_dir, "int4.tflite"), calibration, int4=True, **kw)
         if any(d["weight_type"] == "INT4" for d in T.read_linear_ops(p4)):
             out["int4_bytes"] = os.path.getsize(p4)
         else:  # no kernel of ≤ 4 bits: the file would be int8.tflite again
             os.remove(p4)
     out["core_bytes"] = out["core_within_one_step"] = None
     if split_front_end:
-        core = T.to_tflite(model, os.path.join(out_dir, "core.tflite"), calibration, split_front_end=True)
+        core = T.to_tflite(model, os.path.join(out_dir, "core.tflite"), calibration, split_front_end=True, **kw)
         core_err = np.abs(T.run_tflite(core, load_front_end(core).apply(x)) - keras_logits) / T.output_step(core)
         out["core_bytes"], out["core_within_one_step"] = os.path.getsize(core), float(np.mean(core_err <= 1.0))
     out["packed_bytes"] = {}
