@@ -199,7 +199,10 @@ def deployment_table(metrics: dict, names) -> pd.DataFrame:
                      "saturated": d.get("saturated", np.nan),
                      "int4_tflite_bytes": d.get("int4_bytes"), "core_tflite_bytes": d.get("core_bytes"),
                      **{f"{k}_payload_bytes": v for k, v in d.get("packed_bytes", {}).items()}})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    for col in [c for c in df.columns if c.endswith("_bytes")]:
+        df[col] = df[col].astype("Int64")  # whole bytes; <NA> where a file was not written
+    return df
 
 
 def write_report(results, out_dir: str, *, title: str, command: str, streams_info: dict,
