@@ -18,7 +18,9 @@ the pooling run per frame outside the model, which takes the input quantizer's i
 the input quantizer before the pooling, so the pooling averages quantized frames), trained the same way: its int8
 export with the pooling as an int8 depthwise conv (the default for that layout), with the pooling folded into
 dense_in (``fold_pooling=True``), and with LiteRT's int8 AVERAGE_POOL_2D (what the converter emits by itself). A
-second table gives the sizes with ``strip_names=True`` (both files).
+second table gives the sizes with ``strip_names=True`` (both files). "reference" rows: the kind of model behind the
+issue's 3.9× (a plain ~200K-weight fake-quant DNN: per-tensor 8-bit kernels, biases, no batch-norm, on the pooled
+window, no front end), its ratios against its own float export.
 """
 from __future__ import annotations
 
@@ -56,6 +58,28 @@ def make_model(recipe, steps, seed=0, **config):
 
 
 PREVIOUS = "previous layout (quantizer → pool)"
+REFERENCE = "reference: plain 200K DNN, per-tensor, no BN"
+
+
+def plain_dnn(steps, seed=0):
+    """1960 → 96 → 96 → 96 → 12 (207,744 weights): 8-bit input and activation quantizers, per-tensor 8-bit tanh
+    kernels, 8-bit biases, ReLU; input: one pooled window [49, 40] (what the KWS model's dense_in reads)."""
+    from kws_quant.layers import QuantActivation, QuantDense
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    kernel = "tanh(bits=8, mode='symmetric', per_channel=False, output_scale='max')"
+    inp = keras.Input((49, 40))
+    x = keras.layers.Flatten()(QuantActivation(quantizer="linear(bits=8)", name="input_quant")(inp))
+    for i in range(3):
+        x = QuantDense(96, activation="relu", kernel_quantizer=kernel, bias_quantizer="linear(bits=8)",
+                       name=f"dense_{i}")(x)
+        x = QuantActivation(quantizer="linear(bits=8)", name=f"act_{i}")(x)
+    model = keras.Model(inp, QuantDense(12, kernel_quantizer=kernel, bias_quantizer="linear(bits=8)")(x))
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    n = 64 * steps
+    model.fit(logmel_like(rng, n, 49), rng.integers(0, 12, n), epochs=1, batch_size=64, verbose=0)
+    return model
 
 
 def export_all(model, previous, rep, out):
@@ -107,6 +131,8 @@ def time_variants(variants, windows, reps, per_rep):
     for name, (interp, path) in variants.items():
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
         x = model_inputs(path, windows)
+        if tuple(x.shape[1:]) == (98, 40) and tuple(inp["shape"][1:]) == (49, 40):  # the reference DNN
+            x = x[:, ::2]
         if inp["dtype"] == np.int8 and x.dtype != np.int8:
             data = [T.quantize_input(w[None], *inp["quantization"]) for w in x]
         else:
@@ -148,17 +174,22 @@ def main():
     load0 = os.getloadavg()
     model, rng = make_model(args.recipe, args.steps)
     previous, _ = make_model(args.recipe, args.steps, quantize_before_pool=True)
+    reference = plain_dnn(args.steps)
     rep, test = logmel_like(rng, 256), logmel_like(rng, 128)
     with tempfile.TemporaryDirectory() as out:
         exports = export_all(model, previous, rep, out)
+        exports[f"{REFERENCE}: float32"] = (T.to_tflite_float(reference, os.path.join(out, "ref_f.tflite")), reference)
+        exports[f"{REFERENCE}: int8"] = (T.to_tflite(reference, os.path.join(out, "ref.tflite"), rep[:, ::2]),
+                                         reference)
         paths = {k: p for k, (p, _) in exports.items()}
         sizes = {k: os.path.getsize(p) for k, p in paths.items()}
         stripped = stripped_sizes(model, rep, out)
         agreement = {}
         for name, (p, keras_model) in exports.items():
             if T.output_step(p) > 0:  # int8 variants
-                lite = T.run_tflite(p, model_inputs(p, test))
-                err = np.abs(lite - np.asarray(keras_model(test, training=False))) / T.output_step(p)
+                x = test[:, ::2] if name.startswith(REFERENCE) else test  # the reference takes [49, 40]
+                lite = T.run_tflite(p, model_inputs(p, x))
+                err = np.abs(lite - np.asarray(keras_model(x, training=False))) / T.output_step(p)
                 agreement[name] = (float(np.mean(err <= 1.0)), float(err.max()))
         variants = {}
         for name, p in paths.items():
@@ -170,7 +201,7 @@ def main():
         times = time_variants(variants, logmel_like(rng, 64), args.reps, args.windows)
     load1 = os.getloadavg()
 
-    base = {k: np.median(times["float32"][k]) for k in ("call", "invoke")}
+    base0 = {k: np.median(times["float32"][k]) for k in ("call", "invoke")}
     print(f"LiteRT, batch 1 ([1, 98, 40] per invoke), {args.threads} thread(s), recipe {args.recipe!r}, "
           f"{args.reps} interleaved repetitions x {args.windows} windows; median per window. 'window': set_tensor + "
           "invoke + get_tensor from Python; 'invoke': invoke() alone.")
@@ -179,13 +210,16 @@ def main():
     print("| variant | µs / window | speed-up | µs / invoke | speed-up | file (bytes) | smaller | "
           "logits within 1 step of Keras | max error (steps) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ref = {k: np.median(times[f"{REFERENCE}: float32"][k]) for k in ("call", "invoke")}
     for name, ts in times.items():
         file_key = name.replace(", XNNPACK off", "")
+        base, base_size = (base0, sizes["float32"]) if not name.startswith(REFERENCE) else (
+            ref, sizes[f"{REFERENCE}: float32"])
         call, inv = np.median(ts["call"]), np.median(ts["invoke"])
         agree = agreement.get(file_key)
         a = f"{100 * agree[0]:.2f}% | {agree[1]:.2f}" if agree else "— | —"
         print(f"| {name} | {call * 1e6:.1f} | {base['call'] / call:.2f}× | {inv * 1e6:.1f} | "
-              f"{base['invoke'] / inv:.2f}× | {sizes[file_key]} | {sizes['float32'] / sizes[file_key]:.3f}× | {a} |")
+              f"{base['invoke'] / inv:.2f}× | {sizes[file_key]} | {base_size / sizes[file_key]:.3f}× | {a} |")
     print("\nWith strip_names=True (both files):\n\n| variant | file (bytes) | smaller |\n|---|---:|---:|")
     for name, size in stripped.items():
         print(f"| {name} | {size} | {stripped['float32'] / size:.3f}× |")

@@ -475,3 +475,26 @@ def test_quantize_codes_is_the_keras_input_quantizer(spec, narrow):
     assert keras_codes(x).min() == (-127 if narrow else -128) and keras_codes(x).max() == 127
     ties = lo + (np.arange(0, 255, dtype=np.float32) + np.float32(0.5)) * s
     assert np.abs(quantize_codes(ties, s, zp, narrow).astype(np.int64) - keras_codes(ties)).max() <= 1
+
+
+def test_per_tensor_kernels_get_per_tensor_parameters(tmp_path):
+    """A per-tensor kernel quantizer with no batch-norm folded in has one scale for all channels: the export writes
+    one scale and zero point for the weights and for the bias (not one per channel) and still matches Keras."""
+    keras.utils.set_random_seed(9)
+    rng = np.random.default_rng(9)
+    per_tensor = "tanh(bits=8, mode='symmetric', per_channel=False, output_scale='max')"
+    inp = keras.Input((20, 8))
+    x = QuantActivation(quantizer=LIN8, name="input_quant")(inp)
+    x = keras.layers.Flatten()(x)
+    x = QuantDense(48, activation="relu", kernel_quantizer=per_tensor, bias_quantizer=LIN8, name="hidden")(x)
+    x = QuantActivation(quantizer=LIN8, name="act")(x)
+    model = train_a_little(keras.Model(inp, QuantDense(6, kernel_quantizer=per_tensor, bias_quantizer=LIN8,
+                                                       name="out")(x)), rng, classes=6)  # non-zero biases
+    path = T.to_tflite(model, tmp_path / "per_tensor.tflite", logmel_like(rng, 64, 20, 8))
+    for got, name in zip(T.read_linear_ops(path), ("hidden", "out")):
+        ic = model.get_layer(name).quantized_weights()["kernel"]
+        assert len(got["scale"]) == len(got["zero_point"]) == len(got["bias_scale"]) == 1, name
+        np.testing.assert_allclose(got["scale"][0], np.asarray(ic.scale).reshape(-1)[0], rtol=1e-6)
+        np.testing.assert_array_equal(got["weights"], ic.codes.T)
+    err, _, _ = errors_in_steps(model, path, logmel_like(rng, 64, 20, 8))
+    assert err.max() <= 1.0, err.max()

@@ -734,12 +734,18 @@ def _patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> byt
         theirs = _tensor_values(m, w_t).astype(np.float64) * theirs_s
         if np.max(np.abs(theirs - mine)) > 1.01 * theirs_s.max() + 1e-6 * np.abs(mine).max(initial=0):
             raise RuntimeError(f"{lin.owner}: the converter's weights do not match the layer's; cannot patch")
-        if int4 and lin.exact and lin.bits <= 4 and _op_name(m, op) == "FULLY_CONNECTED" \
-                and codes.min(initial=0) >= -8 and codes.max(initial=0) <= 7:
+        packed = (int4 and lin.exact and lin.bits <= 4 and _op_name(m, op) == "FULLY_CONNECTED"
+                  and codes.min(initial=0) >= -8 and codes.max(initial=0) <= 7)
+        if packed:
             m.buffers[w_t.buffer].data = _pack_int4(codes)
             w_t.type = schema.TensorType.INT4
         else:
             m.buffers[w_t.buffer].data = np.frombuffer(codes.astype(np.int8).tobytes(), np.uint8).copy()
+        # one scale for every channel (a per-tensor quantizer, no folded BN): per-tensor parameters, 12 bytes
+        # instead of 12 per channel, for the weights and the bias (INT4 kernels stay per channel, as XNNPACK
+        # takes them)
+        if not packed and np.all(scale == scale[0]):
+            scale = scale[:1]
         _set_quant(w_t, scale)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             b_t = sg.tensors[op.inputs[2]]
@@ -835,7 +841,7 @@ def read_linear_ops(path_or_bytes) -> list[dict]:
 
     Each dict: ``op`` (name), ``weights`` (filter in TFLite layout ``[out, in]`` / ``[out, kh, kw, in]`` /
     ``[1, kh, kw, channels]``; INT4 tensors unpacked to int8), ``weight_type`` (``"INT8"``, ``"INT4"``,
-    ``"FLOAT32"``), ``scale``/``zero_point`` (per channel; empty for float), ``bias`` (int32/float or ``None``),
+    ``"FLOAT32"``), ``scale``/``zero_point`` (per channel, or one value for a per-tensor kernel; empty for float), ``bias`` (int32/float or ``None``),
     ``bias_scale``, ``input_scale``, ``input_zero_point``, ``output_scale``, ``output_zero_point``,
     ``fused_activation`` (``"NONE"``, ``"RELU"``, …).
     """
@@ -876,7 +882,7 @@ def _verify(data: bytes, ops: list) -> None:
         codes, scale = lin.int8_weights()
         if not np.array_equal(got["weights"], np.moveaxis(codes, -1, 0).reshape(got["weights"].shape)):
             raise RuntimeError(f"{lin.owner}: exported weights differ from the quantizer's codes")
-        if not np.array_equal(got["scale"], scale):
+        if not np.array_equal(np.broadcast_to(got["scale"], scale.shape), scale):
             raise RuntimeError(f"{lin.owner}: exported scales differ from the quantizer's scales")
     pools = [d for d in found if d["op"] == "DEPTHWISE_CONV_2D"]
     for got, pool in zip(pools, [o for o in ops if isinstance(o, _Shape) and o.pool_range is not None]):
