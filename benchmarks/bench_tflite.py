@@ -119,8 +119,12 @@ def stripped_sizes(model, rep, out):
 
 
 def model_inputs(path, windows):
-    """What the model at ``path`` takes for float ``windows``: the windows, or its split front end's output."""
-    return load_front_end(path).apply(windows) if os.path.exists(front_end_path(path)) else windows
+    """What the model at ``path`` takes for float ``[n, 98, 40]`` windows: its split front end's output, every
+    other frame for the reference DNN (input ``[49, 40]``), or the windows."""
+    if os.path.exists(front_end_path(path)):
+        return load_front_end(path).apply(windows)
+    frames = int(T.make_interpreter(path).get_input_details()[0]["shape"][1])
+    return windows[:, ::2] if frames == windows.shape[1] // 2 else windows
 
 
 def time_variants(variants, windows, reps, per_rep):
@@ -131,8 +135,6 @@ def time_variants(variants, windows, reps, per_rep):
     for name, (interp, path) in variants.items():
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
         x = model_inputs(path, windows)
-        if tuple(x.shape[1:]) == (98, 40) and tuple(inp["shape"][1:]) == (49, 40):  # the reference DNN
-            x = x[:, ::2]
         if inp["dtype"] == np.int8 and x.dtype != np.int8:
             data = [T.quantize_input(w[None], *inp["quantization"]) for w in x]
         else:

@@ -72,10 +72,8 @@ def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_
     os.remove(f32)  # only its size is needed: the float phase has the float model
     out["int8_vs_float32"] = out["float32_bytes"] / out["int8_bytes"]
     lite = T.run_tflite(path, x)
-    step = T.output_step(path)
+    step, zero = T.output_grid(path)
     err = np.abs(lite - keras_logits) / step
-    last = T.read_linear_ops(path)[-1]
-    zero = float(last["output_zero_point"][0])
     lo, hi = (-128 - zero) * step, (127 - zero) * step
     out.update(within_one_step=float(np.mean(err <= 1.0)), max_error_steps=float(err.max(initial=0.0)),
                saturated=float(np.mean((keras_logits < lo - step / 2) | (keras_logits > hi + step / 2))),

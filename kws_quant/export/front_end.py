@@ -75,7 +75,7 @@ class FrontEnd:
                              f"{tuple(x.shape)}")
         for step in self.steps:
             if step["op"] == "affine":
-                x = x * np.asarray(step["gain"], np.float32) + np.asarray(step["offset"], np.float32)
+                x = _affine(x, step)
             else:
                 p = int(step["size"])
                 usable = (x.shape[1] // p) * p
@@ -96,7 +96,7 @@ class FrontEnd:
             raise ValueError("front end: frames() supports at most one pooling step")
         for step in self.steps:
             if step["op"] == "affine":
-                x = x * np.asarray(step["gain"], np.float32) + np.asarray(step["offset"], np.float32)
+                x = _affine(x, step)
             else:
                 view = np.lib.stride_tricks.sliding_window_view(x, int(step["size"]), axis=0)  # [T-p+1, C, p]
                 x = np.moveaxis(view, -1, 1).mean(axis=1, dtype=np.float32)
@@ -148,6 +148,11 @@ class FrontEnd:
                 raise ValueError(f"{where}: steps[{i}] field 'op' is {op!r}; expected 'affine' or 'average_pool'")
         return cls(list(d["steps"]), tuple(d["input_shape"]), tuple(d["output_shape"]), d.get("scale"),
                    d.get("zero_point"), bool(d.get("narrow_range", False)))
+
+
+def _affine(x, step: dict) -> np.ndarray:
+    """``x·gain + offset`` per channel (last axis), in float32 as the Keras batch-norm computes it."""
+    return x * np.asarray(step["gain"], np.float32) + np.asarray(step["offset"], np.float32)
 
 
 def front_end_path(tflite_path) -> str:

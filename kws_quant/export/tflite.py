@@ -85,8 +85,8 @@ from kws_quant.export.front_end import FrontEnd, front_end_path, quantize_codes
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense,
                               QuantLayer)
 
-__all__ = ["UnsupportedModelError", "make_interpreter", "output_step", "quantize_input", "read_linear_ops",
-           "run_tflite", "to_tflite", "to_tflite_float"]
+__all__ = ["UnsupportedModelError", "make_interpreter", "output_grid", "output_step", "quantize_input",
+           "read_linear_ops", "run_tflite", "to_tflite", "to_tflite_float"]
 
 _IDENTITY_LAYERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
                     keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout,
@@ -734,18 +734,12 @@ def _patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> byt
         theirs = _tensor_values(m, w_t).astype(np.float64) * theirs_s
         if np.max(np.abs(theirs - mine)) > 1.01 * theirs_s.max() + 1e-6 * np.abs(mine).max(initial=0):
             raise RuntimeError(f"{lin.owner}: the converter's weights do not match the layer's; cannot patch")
-        packed = (int4 and lin.exact and lin.bits <= 4 and _op_name(m, op) == "FULLY_CONNECTED"
-                  and codes.min(initial=0) >= -8 and codes.max(initial=0) <= 7)
-        if packed:
+        if int4 and lin.exact and lin.bits <= 4 and _op_name(m, op) == "FULLY_CONNECTED" \
+                and codes.min(initial=0) >= -8 and codes.max(initial=0) <= 7:
             m.buffers[w_t.buffer].data = _pack_int4(codes)
             w_t.type = schema.TensorType.INT4
         else:
             m.buffers[w_t.buffer].data = np.frombuffer(codes.astype(np.int8).tobytes(), np.uint8).copy()
-        # one scale for every channel (a per-tensor quantizer, no folded BN): per-tensor parameters, 12 bytes
-        # instead of 12 per channel, for the weights and the bias (INT4 kernels stay per channel, as XNNPACK
-        # takes them)
-        if not packed and np.all(scale == scale[0]):
-            scale = scale[:1]
         _set_quant(w_t, scale)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             b_t = sg.tensors[op.inputs[2]]
@@ -759,18 +753,27 @@ def _patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> byt
             _set_quant(b_t, b_scale)
         elif lin.has_bias and np.any(lin.bias != 0):
             raise RuntimeError(f"{lin.owner}: the converter dropped a non-zero bias")
-    for op in sg.operators:  # pooling as depthwise conv: one weight value, zero bias → per-tensor parameters
-        if _op_name(m, op) != "DEPTHWISE_CONV_2D" or len(op.inputs) < 3 or op.inputs[2] < 0:
-            continue
-        w_t, b_t = sg.tensors[op.inputs[1]], sg.tensors[op.inputs[2]]
-        if w_t.type != schema.TensorType.INT8 or w_t.quantization is None or b_t.quantization is None \
-                or w_t.quantization.scale is None or b_t.quantization.scale is None:
-            continue
-        if (len(set(w_t.quantization.scale)) == 1 and len(np.unique(_tensor_values(m, w_t))) == 1
-                and not np.any(_tensor_values(m, b_t)) and len(set(b_t.quantization.scale)) == 1):
-            for t in (w_t, b_t):
-                t.quantization.scale, t.quantization.zeroPoint = t.quantization.scale[:1], [0]
+    _per_tensor_where_uniform(m, sg)
     return _serialize(m, strip_names)
+
+
+def _per_tensor_where_uniform(m, sg) -> None:
+    """An int8 kernel whose channels all have one scale (a per-tensor quantizer with no folded BN; the pooling's
+    depthwise conv) gets per-tensor parameters for its weights and bias: 12 bytes instead of 12 per channel. INT4
+    kernels stay per channel, as XNNPACK takes them."""
+    schema = _schema()
+    for op in sg.operators:
+        if _op_name(m, op) not in _LINEAR_OPS + ("DEPTHWISE_CONV_2D",):
+            continue
+        w_t = sg.tensors[op.inputs[1]]
+        q = w_t.quantization
+        if w_t.type != schema.TensorType.INT8 or q is None or q.scale is None or len(set(q.scale)) != 1:
+            continue
+        bias = [sg.tensors[op.inputs[2]]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else []
+        for t in [w_t] + bias:
+            if t.quantization is not None and t.quantization.scale is not None \
+                    and len(set(t.quantization.scale)) == 1:
+                t.quantization.scale, t.quantization.zeroPoint = t.quantization.scale[:1], [0]
 
 
 def _shared_quantization_class():
@@ -841,8 +844,8 @@ def read_linear_ops(path_or_bytes) -> list[dict]:
 
     Each dict: ``op`` (name), ``weights`` (filter in TFLite layout ``[out, in]`` / ``[out, kh, kw, in]`` /
     ``[1, kh, kw, channels]``; INT4 tensors unpacked to int8), ``weight_type`` (``"INT8"``, ``"INT4"``,
-    ``"FLOAT32"``), ``scale``/``zero_point`` (per channel, or one value for a per-tensor kernel; empty for float), ``bias`` (int32/float or ``None``),
-    ``bias_scale``, ``input_scale``, ``input_zero_point``, ``output_scale``, ``output_zero_point``,
+    ``"FLOAT32"``), ``scale``/``zero_point`` (per channel, or one value for a per-tensor kernel; empty for float),
+    ``bias`` (int32/float or ``None``), ``bias_scale``, ``input_scale``, ``input_zero_point``, ``output_scale``, ``output_zero_point``,
     ``fused_activation`` (``"NONE"``, ``"RELU"``, …).
     """
     schema = _schema()
@@ -1104,10 +1107,11 @@ def run_tflite(model, windows, interpreter=None) -> np.ndarray:
     return np.concatenate(results)
 
 
-def output_step(model) -> float:
-    """The quantization step of an int8 ``.tflite``'s output (path or bytes); 0.0 for a float model.
+def output_grid(model) -> tuple[float, int]:
+    """``(scale, zero_point)`` of an int8 ``.tflite``'s output (path or bytes); ``(0.0, 0)`` for a float model.
 
-    For ``io_dtype="float32"`` it is the step of the int8 tensor that the final DEQUANTIZE reads.
+    For ``io_dtype="float32"`` it is the grid of the int8 tensor that the final DEQUANTIZE reads; the int8 output
+    spans ``[(-128 - zero_point)·scale, (127 - zero_point)·scale]``.
     """
     m = _load_object(model)
     sg = m.subgraphs[0]
@@ -1116,4 +1120,11 @@ def output_step(model) -> float:
     if producer is not None and _op_name(m, producer) == "DEQUANTIZE":
         t = producer.inputs[0]
     q = sg.tensors[t].quantization
-    return float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else 0.0
+    if q is None or q.scale is None or not len(q.scale):
+        return 0.0, 0
+    return float(q.scale[0]), int(q.zeroPoint[0])
+
+
+def output_step(model) -> float:
+    """The quantization step of an int8 ``.tflite``'s output (:func:`output_grid`); 0.0 for a float model."""
+    return output_grid(model)[0]
