@@ -47,7 +47,8 @@ def load_run(run_dir: str, names=None) -> tuple[dict, dict]:
 
     with open(cfg_path, encoding="utf-8") as f:
         cfg = merged(kws_config().to_dict(), json.load(f))  # keys added since the run keep their defaults
-    phases = ["float", *cfg["qat"]["recipes"]] if names is None else list(names)
+    phases = (["float", *(f"ptq_{r}" for r in cfg["qat"].get("ptq_recipes", ())), *cfg["qat"]["recipes"]]
+              if names is None else list(names))
     paths = {p: os.path.join(run_dir, p, "model.keras") for p in phases}
     missing = [p for p, path in paths.items() if not os.path.isfile(path)]
     if missing:
@@ -205,8 +206,25 @@ def deployment_table(metrics: dict, names) -> pd.DataFrame:
     return df
 
 
+def classification_table(clip_metrics: dict, names) -> pd.DataFrame:
+    """One row per model with per-split top-1 accuracy and its 95 % interval (from the run's ``metrics.json``)."""
+    rows = []
+    for name in names:
+        m = clip_metrics.get(name, {})
+        row = {"model": name}
+        for split in ("validation", "test"):
+            c = m.get(f"{split}_classification")
+            if c:
+                row[f"{split}_top1"] = c["accuracy"]
+                row[f"{split}_ci95"] = f"[{c['accuracy_ci95'][0]:.4f}, {c['accuracy_ci95'][1]:.4f}]"
+                row[f"{split}_clips"] = c["clips"]
+        if len(row) > 1:
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_report(results, out_dir: str, *, title: str, command: str, streams_info: dict,
-                 clip_metrics: dict | None = None) -> dict:
+                 clip_metrics: dict | None = None, label_names=None) -> dict:
     """Write report.md/.html, CSVs and PNGs to ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     points = relative_to_float(pd.concat([r.points for r in results], ignore_index=True),
@@ -241,6 +259,19 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
           _md(summary), "", "Per keyword: `operating_points.csv`; full curves: `det_<model>.csv`.", "",
           "## Memory projections", "", "![memory](memory.png)", "", _md(memory, ".5g"), "",
           "## Clip-level test accuracy and scan time", "", _md(clip, ".4f"), ""]
+    classes = classification_table(clip_metrics or {}, [r.name for r in results])
+    if len(classes) and label_names:
+        from eval.classification import plot_confusion
+
+        paths["confusion_png"] = os.path.join(out_dir, "confusion.png")
+        matrices = {r.name: clip_metrics[r.name]["validation_classification"]["confusion"] for r in results
+                    if "validation_classification" in clip_metrics.get(r.name, {})}
+        plot_confusion(matrices, label_names, paths["confusion_png"],
+                       title="validation split (speakers never seen in training)")
+        md += [f"## {len(label_names)}-class top-1 accuracy (clips of speakers never seen in training)", "",
+               "95 % Wilson intervals. The validation and test splits hold different speakers; neither chose any "
+               "training setting or checkpoint (fixed epochs, last epoch kept).", "", _md(classes, ".4f"), "",
+               "![confusion matrices](confusion.png)", ""]
     deploy = deployment_table(clip_metrics or {}, [r.name for r in results])
     if len(deploy):
         md += ["## Deployment exports (LiteRT int8, checked on the test clips)", "",
@@ -307,7 +338,8 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
             "smoothing_s": stream_cfg.smoothing_s, "refractory_s": stream_cfg.refractory_s}
     return write_report(results, out_dir or os.path.join(run_dir, "report"),
                         title=f"KWS report: {cfg['name']}", command=command or f"python -m eval.report "
-                        f"--run_dir={run_dir}", streams_info=info, clip_metrics=clip)
+                        f"--run_dir={run_dir}", streams_info=info, clip_metrics=clip,
+                        label_names=label_names)
 
 
 def main(argv):

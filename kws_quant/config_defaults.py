@@ -22,6 +22,8 @@ def kws_config() -> ml_collections.ConfigDict:
     c.data.gain_db = (-6.0, 6.0)
     c.data.max_shift_seconds = 0.1
     c.data.speed = (1.0, 1.0)              # speed-perturbation range, e.g. (0.9, 1.1)
+    c.data.spec_augment = ml_collections.ConfigDict(dict(  # feature masks on training batches (with augment); 0: off
+        time_masks=0, time_width=10, freq_masks=0, freq_width=5))
     c.data.cache_dir = ""                  # synthetic audio cache; empty: ~/.cache/kws_quant/synthetic
     c.data.synthetic = ml_collections.ConfigDict(dict(
         clips_per_keyword=800, unknown_clips=1200, silence_clips=300, seed=0))
@@ -48,4 +50,6 @@ def kws_config() -> ml_collections.ConfigDict:
 
     c.qat = ml_collections.ConfigDict()
     c.qat.recipes = ("tanh4",)             # kws_quant.models.recipes presets, one QAT model each
+    c.qat.ptq_recipes = ()                 # post-training baselines (phase ptq_<recipe>): float weights, no QAT
+    c.qat.ptq_calibration_windows = 1024   # training windows that set their activation ranges
     return c

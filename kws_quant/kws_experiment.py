@@ -54,7 +54,8 @@ def load_manifest(cfg: dict):
         if source == "fsdd":
             manifest = kd.read_fsdd(d["data_dir"], fractions=d["split_fractions"], seed=cfg["seed"], **split)
         elif source == "speech_commands":
-            manifest, noises = kd.read_speech_commands(d["data_dir"], seed=cfg["seed"])
+            manifest, noises = kd.read_speech_commands(d["data_dir"], seed=cfg["seed"],
+                                                          fractions=d["split_fractions"])
         else:
             manifest = kd.read_csv_manifest(d["data_dir"], fractions=d["split_fractions"], seed=cfg["seed"])
     present = set(manifest["label"])
@@ -100,7 +101,9 @@ def prepare_data(cfg: dict, skip_bad_files: bool = False) -> KWSData:
                                speed=tuple(d["speed"])) if d["augment"] else None
     common = dict(label_names=label_names, feature_cfg=feats, clip_seconds=d["clip_seconds"],
                   batch_size=d["batch_size"], seed=cfg["seed"], skip_bad_files=skip_bad_files)
-    train = kd.make_dataset(manifest, "train", augment=augment, **common)
+    masks = d["spec_augment"]
+    spec = kd.SpecAugmentConfig(**masks) if d["augment"] and (masks["time_masks"] or masks["freq_masks"]) else None
+    train = kd.make_dataset(manifest, "train", augment=augment, spec_augment_cfg=spec, **common)
     n_train = int((manifest["split"] == "train").sum())
     return KWSData(manifest, label_names, keyword_labels, feats, window, train,
                    kd.make_dataset(manifest, "validation", **common), kd.make_dataset(manifest, "test", **common),
@@ -124,20 +127,31 @@ def compile_model(model, learning_rate: float, decay_steps: int, jit_compile: bo
                   metrics=["accuracy"], jit_compile=jit_compile)
 
 
-def evaluate(model, data: KWSData) -> dict:
-    """Test accuracy and the clip-level keyword decision errors at argmax."""
+def predict(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits [n, classes], labels [n])`` of ``model`` over every batch of ``dataset`` (inference mode)."""
     logits, labels = [], []
-    for x, y in data.test:
+    for x, y in dataset:
         logits.append(model(x, training=False).numpy())
         labels.append(y.numpy())
-    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate(model, data: KWSData) -> dict:
+    """Test accuracy, the clip-level keyword decision errors at argmax, and per split (test, validation: speakers
+    never seen in training) the top-1 accuracy with its 95 % interval and the confusion matrix."""
+    from eval.classification import classification_metrics
+
+    out = {}
+    for split, dataset in (("validation", data.validation), ("test", data.test)):
+        logits, labels = predict(model, dataset)
+        out[f"{split}_classification"] = classification_metrics(labels, logits, len(data.label_names))
     pred = logits.argmax(1)
     kw = np.isin(labels, [data.label_names.index(k) for k in data.keyword_labels])
     hit = pred == labels
     false_accepts = (~kw) & np.isin(pred, [data.label_names.index(k) for k in data.keyword_labels])
     return {"test_accuracy": float(hit.mean()), "test_clips": int(len(labels)),
             "keyword_frr": float(1 - hit[kw].mean()) if kw.any() else float("nan"),
-            "keyword_far": float(false_accepts[~kw].mean()) if (~kw).any() else float("nan")}
+            "keyword_far": float(false_accepts[~kw].mean()) if (~kw).any() else float("nan"), **out}
 
 
 def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: KWSData, strategy, init=None,
@@ -167,6 +181,35 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: KWSData, strat
                                "history": result["history"], "train_seconds_last_session": result["train_seconds"],
                                "stage": qat.get_stage(model), **evaluate(model, data)})
     return model
+
+
+def ptq_phase(run: RunDir, recipe, cfg: dict, data: KWSData, strategy, float_model) -> keras.Model:
+    """Post-training quantization baseline ``ptq_<recipe>``: the float model's weights in the recipe's model, ranges
+    calibrated on training windows (:func:`kws_quant.qat.calibrate`), fully quantized, no training: what QAT buys is
+    the difference to the QAT twin of the same recipe."""
+    phase = ptq_phase_name(recipe)
+    if run.is_complete(phase):
+        model = keras.saving.load_model(run.model_path(phase))
+    else:
+        with strategy.scope():
+            model = build_model(cfg, data, recipe)
+        write_json(os.path.join(run.phase(phase), "labels.json"), data.label_names)
+        transfer_weights(float_model, model)
+        windows = [x.numpy() for x, _ in data.train.take(-(-cfg["qat"]["ptq_calibration_windows"] //
+                                                               cfg["data"]["batch_size"]))]
+        qat.calibrate(model, np.concatenate(windows)[:cfg["qat"]["ptq_calibration_windows"]])
+        model.save(run.model_path(phase))
+        print(f"\n== phase {phase}: float weights, recipe {recipe!r}, calibrated on "
+              f"{cfg['qat']['ptq_calibration_windows']} training windows, no training ==")
+    if "test_accuracy" not in run.load_metrics().get(phase, {}):
+        run.update_metrics(phase, {"recipe": recipe, "parameters": model.count_params(), "epochs": 0,
+                                   "post_training": True, "stage": qat.get_stage(model), **evaluate(model, data)})
+    return model
+
+
+def ptq_phase_name(recipe: str) -> str:
+    """Run-directory phase of the post-training baseline of ``recipe``."""
+    return f"ptq_{recipe}"
 
 
 def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
@@ -217,6 +260,8 @@ def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool
     data = prepare_data(cfg, skip_bad_files)
     dist = make_strategy(strategy)
     float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)
+    for recipe in cfg["qat"]["ptq_recipes"]:
+        ptq_phase(run_dir, recipe, cfg, data, dist, float_model)
     trained = {}
     for recipe in cfg["qat"]["recipes"]:
         init = float_model if cfg["train"]["qat_init_from_float"] else None

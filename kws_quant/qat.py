@@ -90,3 +90,24 @@ class TwoStageQAT(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
+
+
+def calibrate(model, windows, stage: int = 2) -> None:
+    """Post-training calibration: set every moving-average range of ``model`` to the min/max of one inference pass
+    over ``windows`` (a representative batch, e.g. 1,000 training windows; the range TFLite's converter takes from a
+    representative dataset), then put the model in ``stage``.
+
+    The pass runs eagerly in inference mode (dropout off, batch-norm on its moving statistics) at QAT stage 1, so the
+    activations are those of the quantized weights and float activations.
+    """
+    layers = quant_layers(model)
+    set_stage(model, 1)
+    for layer in layers:
+        layer.reset_ranges()
+        layer.calibrating = True
+    try:
+        model(np.asarray(windows, np.float32), training=False)
+    finally:
+        for layer in layers:
+            layer.calibrating = False
+    set_stage(model, stage)

@@ -5,3 +5,5 @@ FSDD_ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file
                                           "fsdd"))
 """The Free Spoken Digit Dataset's root (readers accept it or its ``recordings/`` folder)."""
 FSDD_RECORDINGS = os.path.join(FSDD_ROOT, "recordings")
+SPEECH_COMMANDS_ROOT = os.path.normpath(os.path.join(FSDD_ROOT, "..", "speech_commands"))
+"""The Speech Commands v0.02 test archive (12 classes, ``_background_noise_``)."""

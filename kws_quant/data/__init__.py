@@ -40,16 +40,23 @@ from kws_quant.data.manifest import (
     validate_manifest,
 )
 from kws_quant.data.pipeline import label_indices, make_dataset
-from kws_quant.data.readers import DIGIT_WORDS, read_csv_manifest, read_fsdd, read_speech_commands
+from kws_quant.data.readers import (
+    DIGIT_WORDS,
+    read_csv_manifest,
+    read_fsdd,
+    read_speech_commands,
+    speech_commands_speaker,
+)
+from kws_quant.data.spec_augment import SpecAugmentConfig, spec_augment
 from kws_quant.data.synthetic import DEFAULT_VOICES, SyntheticConfig, default_cache_dir, keyword_label, synthetic_corpus
 from kws_quant.data.vocabulary import NON_KEYWORDS
 
 __all__ = [
     "AudioFileError", "AugmentConfig", "BadFile", "COLUMNS", "DEFAULT_SAMPLE_RATE", "DEFAULT_VOICES", "DIGIT_WORDS",
-    "NON_KEYWORDS", "SILENCE_LABEL", "SPLITS", "SyntheticConfig", "UNKNOWN_LABEL", "assign_speaker_splits", "augment",
+    "NON_KEYWORDS", "SILENCE_LABEL", "SPLITS", "SpecAugmentConfig", "SyntheticConfig", "UNKNOWN_LABEL", "assign_speaker_splits", "augment",
     "check_audio_file", "check_speaker_disjoint", "check_voice", "coloured_noise", "default_cache_dir",
     "find_bad_files", "fit_length", "keyword_label", "label_indices", "list_voices", "load_audio", "load_audio_files",
     "make_dataset", "mix_at_snr", "power", "random_gain", "random_segment", "read_csv_manifest", "read_fsdd",
-    "read_speech_commands", "relabel_unknown", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
+    "read_speech_commands", "relabel_unknown", "spec_augment", "speech_commands_speaker", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
     "to_mono_rate", "validate_manifest", "write_wav",
 ]

@@ -22,6 +22,7 @@ from kws_quant.data.audio import find_bad_files, fit_length, load_audio, load_au
 from kws_quant.data.augmentation import AugmentConfig
 from kws_quant.data.augmentation import augment as augment_clip
 from kws_quant.data.manifest import SPLITS
+from kws_quant.data.spec_augment import SpecAugmentConfig, spec_augment
 from kws_quant.features import FeatureConfig, logmel_tf, mel_matrix
 
 
@@ -54,6 +55,7 @@ def make_dataset(
     skip_bad_files: bool = False,
     drop_remainder: bool = False,
     shuffle_buffer: int = 10_000,
+    spec_augment_cfg: SpecAugmentConfig | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(features float32 [B, frames, n_mels], label index int32 [B])`` for one split.
 
@@ -69,6 +71,8 @@ def make_dataset(
         cache: ``True`` in memory, a path prefix for a file cache (one per manifest/split/config), ``False`` none.
         skip_bad_files: skip unreadable/empty/missing files (a summary is printed) instead of raising.
         shuffle_buffer: upper bound of the shuffle buffer (elements).
+        spec_augment_cfg: SpecAugment masks on the features of each batch (:mod:`kws_quant.data.spec_augment`), seeded
+            from ``seed`` like the audio augmentation; ``None`` for none.
     Raises:
         ValueError: unknown split, no rows for the split, or a label not in ``label_names`` (naming the file).
         AudioFileError: a bad audio file when ``skip_bad_files`` is false.
@@ -137,6 +141,10 @@ def make_dataset(
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:
         ds = ds.map(features, num_parallel_calls=autotune)
+    if spec_augment_cfg is not None:
+        batch_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
+            lambda batch, s: (spec_augment(batch[0], spec_augment_cfg, s), batch[1]), num_parallel_calls=autotune)
     return ds.prefetch(autotune)
 
 

@@ -27,18 +27,34 @@ def _require_dir(root: str, what: str) -> str:
     return root
 
 
-def read_speech_commands(
-    root: str, label_names: Iterable[str] | None = None, seed: int = 0
-) -> tuple[pd.DataFrame, list[str]]:
-    """Read a Google Speech Commands tree.
+def speech_commands_speaker(file_name: str) -> str:
+    """Speaker id of a Speech Commands file name: the hash before ``_nohash_``.
 
-    Layout: ``root/<label>/<speaker>_nohash_<n>.wav``; ``validation_list.txt`` and ``testing_list.txt`` (paths
-    relative to ``root``) pick the validation and test files, all others are train. If neither list exists, a
-    speaker-disjoint split is assigned with :func:`assign_speaker_splits` (``seed``). Speaker = the file name's
-    part before ``_nohash_`` (the whole stem when absent).
+    ``3cfc6b3a_nohash_1.wav`` -> ``3cfc6b3a``; the canonical test archive's ``_unknown_`` folder prefixes the original
+    word (``backward_0c540988_nohash_0.wav.wav`` -> ``0c540988``). A name without ``_nohash_`` (``_silence_/12.wav``)
+    is its own speaker: its stem.
+    """
+    if "_nohash_" in file_name:
+        return file_name.split("_nohash_")[0].rsplit("_", 1)[-1]
+    return file_name.split(".", 1)[0]
+
+
+def read_speech_commands(
+    root: str, label_names: Iterable[str] | None = None, seed: int = 0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+) -> tuple[pd.DataFrame, list[str]]:
+    """Read a Google Speech Commands tree: the full dataset or the canonical 12-class test archive.
+
+    Layout: ``root/<label>/<speaker>_nohash_<n>.wav`` (the test archive's ``_unknown_/<word>_<speaker>_nohash_<n>.wav``
+    and its ``_silence_/<n>.wav`` folder too); ``validation_list.txt`` and ``testing_list.txt`` (paths relative to
+    ``root``) pick the validation and test files, all others are train. If neither list exists, a speaker-disjoint
+    split is assigned with :func:`assign_speaker_splits` (``fractions`` of the files, speakers ordered by a hash of
+    ``(seed, speaker)``: deterministic). Speaker: :func:`speech_commands_speaker`; a ``_silence_`` clip is a speaker of
+    its own, named ``_silence_/<stem>``.
 
     Args:
         label_names: if given, a label folder not in it raises ``ValueError``.
+        fractions: (train, validation, test) shares of the files when there are no list files.
     Returns:
         (manifest, background noise paths from ``root/_background_noise_/``, sorted).
     """
@@ -50,7 +66,9 @@ def read_speech_commands(
             continue
         for name in sorted(os.listdir(folder)):
             if name.lower().endswith(".wav"):
-                rows.append((os.path.join(folder, name), label, name.split("_nohash_")[0].rsplit(".", 1)[0]))
+                speaker = speech_commands_speaker(name)
+                rows.append((os.path.join(folder, name), label,
+                             speaker if "_nohash_" in name else f"{label}/{speaker}"))
     if not rows:
         raise ValueError(f"Speech Commands root {root}: no <label>/*.wav files found")
     manifest = pd.DataFrame(rows, columns=["path", "label", "speaker"])
@@ -65,13 +83,14 @@ def read_speech_commands(
                 if unknown:
                     raise FileNotFoundError(f"{list_path}: listed file does not exist: {unknown[0]}")
                 manifest.loc[manifest["path"].isin(listed), "split"] = split
+        # The official lists are speaker-disjoint by construction; a custom tree may not be: only the other checks.
+        disjoint = False
     else:
-        manifest = assign_speaker_splits(manifest, seed=seed)
+        manifest, disjoint = assign_speaker_splits(manifest, fractions, seed), True
     noise_dir = os.path.join(root, BACKGROUND_NOISE_DIR)
     noise = sorted(os.path.join(noise_dir, n) for n in os.listdir(noise_dir) if n.lower().endswith(".wav")) \
         if os.path.isdir(noise_dir) else []
-    # The official lists are speaker-disjoint by construction; a custom tree may not be, so only the other checks run.
-    return _validate(manifest, label_names, source=root, speaker_disjoint=False), noise
+    return _validate(manifest, label_names, source=root, speaker_disjoint=disjoint), noise
 
 
 def _read_split_list(list_path: str, root: str) -> set[str]:

@@ -37,6 +37,7 @@ class QuantLayer(keras.layers.Layer):
                 self._quantizers[role] = q
         self._qstate = {}
         self.qat_stage = None
+        self.calibrating = False  # observe ranges at inference too (eager calls only): kws_quant.qat.calibrate
 
     # -- introspection (what exports and reports read) ------------------------------------------------------
     @property
@@ -61,6 +62,11 @@ class QuantLayer(keras.layers.Layer):
         return {role: self._quantizers[role].codes(ops.convert_to_numpy(t), self._qstate[role])
                 for role, t in tensors.items() if role in self._quantizers}
 
+    def reset_ranges(self) -> None:
+        """Forget every quantizer's range statistics (the next observed batch sets them)."""
+        for role, q in self._quantizers.items():
+            q.reset_range(self._qstate[role])
+
     # -- build / call helpers ---------------------------------------------------------------------------------
     def build_quantizers(self, shapes: dict) -> None:
         """Create the stage flag and each quantizer's state. ``shapes``: ``{role: tensor shape}``."""
@@ -78,7 +84,7 @@ class QuantLayer(keras.layers.Layer):
         if q is None:
             return x
         state = self._qstate[role]
-        q.observe(x, state, bool(training))
+        q.observe(x, state, bool(training) or self.calibrating)
         stage = self.stage_of(role)
         if stage == 0:
             return q.fake_quant(x, state)

@@ -110,6 +110,9 @@ class Quantizer(keras.quantizers.Quantizer):
     def observe(self, x, state: dict, training: bool) -> None:
         """Update range statistics from a batch (only when ``training``). Stateless quantizers do nothing."""
 
+    def reset_range(self, state: dict) -> None:
+        """Forget the range statistics, so the next observed batch sets them (post-training calibration)."""
+
     def fake_quant(self, x, state: dict):
         """Quantize-dequantize ``x`` with a straight-through gradient. Same shape and dtype as ``x``."""
         raise NotImplementedError

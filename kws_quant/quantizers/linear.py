@@ -95,6 +95,10 @@ class LinearQuantizer(Quantizer):
         state["max"].assign(ops.where(first, bmax, d * state["max"] + (1.0 - d) * bmax))
         state["seen"].assign(ops.minimum(state["seen"] + 1.0, 1e9))
 
+    def reset_range(self, state):
+        if state.get("ema"):
+            state["seen"].assign(0.0)
+
     def _range(self, x, state):
         """``(lo, hi)`` of shape ``()`` or ``(channels,)``, no gradient."""
         if state.get("ema"):
