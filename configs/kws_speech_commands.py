@@ -23,5 +23,6 @@ def get_config():
     config.train.stage1_epochs = 8
     config.train.stage2_epochs = 8
     config.qat.recipes = ("tanh8", "tanh5", "tanh4", "tanh1")
-    config.qat.ptq_recipes = ("tanh4",)     # what QAT buys: the float weights rounded to 4 bits, no training
+    config.qat.ptq_recipes = ("tanh4",)
+    config.report.dataset_noise = True          # streams over _background_noise_, 20 dB below the speech     # what QAT buys: the float weights rounded to 4 bits, no training
     return config

@@ -8,7 +8,7 @@ def kws_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"            # synthetic | fsdd | speech_commands | csv
+    c.data.source = "synthetic"            # synthetic | fsdd | speech_commands | wakeword | csv
     c.data.data_dir = ""                   # folder (fsdd, speech_commands) or CSV file (csv); --data_dir sets it
     c.data.keywords = ("hey computer",)    # keyword classes; other labels become _unknown_
     c.data.validation_speakers = ()        # explicit speaker-disjoint split (fsdd/csv); empty: by fractions
@@ -24,6 +24,10 @@ def kws_config() -> ml_collections.ConfigDict:
     c.data.speed = (1.0, 1.0)              # speed-perturbation range, e.g. (0.9, 1.1)
     c.data.spec_augment = ml_collections.ConfigDict(dict(  # feature masks on training batches (with augment); 0: off
         time_masks=0, time_width=10, freq_masks=0, freq_width=5))
+    c.data.keyword_oversample = 1          # repeat the keywords' training clips this many times (rare wake words)
+    c.data.trim_db = 0.0                   # > 0: trim speech clips to their voiced part (dB below peak) first
+    c.data.wakeword = ml_collections.ConfigDict(dict(  # source=wakeword: folders under --data_dir
+        positives="alexa", negatives=("speech_commands", "an4", "fsdd")))
     c.data.cache_dir = ""                  # synthetic audio cache; empty: ~/.cache/kws_quant/synthetic
     c.data.synthetic = ml_collections.ConfigDict(dict(
         clips_per_keyword=800, unknown_clips=1200, silence_clips=300, seed=0))
@@ -43,7 +47,10 @@ def kws_config() -> ml_collections.ConfigDict:
     c.train.jit_compile = True             # XLA train step (QAT then costs what float costs)
 
     c.report = ml_collections.ConfigDict(dict(  # eval.report at the end of the run: streaming DET + memory
-        enabled=True, negative_hours=0.5, hop_frames=2, n_boot=200))
+        enabled=True, negative_hours=0.5, hop_frames=2, n_boot=200,
+        snr_db=20.0,                       # stream noise, dB below the speech
+        dataset_noise=False,               # noise bed from the dataset's noise files (else coloured noise)
+        fa_targets=(1.0, 2.0, 5.0)))       # FRR reported at these false accepts per hour
 
     c.export = ml_collections.ConfigDict(dict(  # per QAT phase: <workdir>/<phase>/export/, checked on the test split
         enabled=True, int4=True, split_front_end=True, pack_presets=("nna-5bit",), output_margin=0.25))

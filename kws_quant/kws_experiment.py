@@ -8,6 +8,7 @@ import os
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from kws_quant import data as kd
@@ -17,7 +18,7 @@ from kws_quant.models import KWSModelConfig, build_kws_model
 from kws_quant.training import RunDir, make_strategy, resumable_fit, transfer_weights, write_json
 
 FLOAT_PHASE = "float"
-SOURCES = ("synthetic", "fsdd", "speech_commands", "csv")
+SOURCES = ("synthetic", "fsdd", "speech_commands", "wakeword", "csv")
 
 
 @dataclasses.dataclass
@@ -53,6 +54,12 @@ def load_manifest(cfg: dict):
         split = dict(validation_speakers=d["validation_speakers"] or None, test_speakers=d["test_speakers"] or None)
         if source == "fsdd":
             manifest = kd.read_fsdd(d["data_dir"], fractions=d["split_fractions"], seed=cfg["seed"], **split)
+        elif source == "wakeword":
+            if len(keywords) != 1:
+                raise ValueError(f"config.data.keywords={tuple(d['keywords'])}: the wakeword source takes one keyword")
+            w = d["wakeword"]
+            manifest, noises = kd.read_wakeword_corpus(d["data_dir"], keywords[0], w["positives"], w["negatives"],
+                                                       fractions=d["split_fractions"], seed=cfg["seed"])
         elif source == "speech_commands":
             manifest, noises = kd.read_speech_commands(d["data_dir"], seed=cfg["seed"],
                                                           fractions=d["split_fractions"])
@@ -66,8 +73,20 @@ def load_manifest(cfg: dict):
                          f"{', '.join(sorted(present)[:20])}")
     manifest = kd.relabel_unknown(hold_out_validation(manifest, d["validation_fraction"], cfg["seed"]),
                                   keep=keywords + [kd.SILENCE_LABEL])
+    manifest = oversample(manifest, keywords, d["keyword_oversample"])
     extra = [name for name in (kd.SILENCE_LABEL, kd.UNKNOWN_LABEL) if name in set(manifest["label"])]
     return manifest, extra + keywords, keywords, noises
+
+
+def oversample(manifest, labels, factor: int):
+    """Repeat the train rows of ``labels`` ``factor`` times (each repeat is augmented afresh): a wake word with a few
+    hundred takes against thousands of other clips. Validation and test rows are never repeated."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"config.data.keyword_oversample={factor!r} must be an integer >= 1")
+    if factor == 1:
+        return manifest
+    rows = manifest[(manifest["split"] == "train") & manifest["label"].isin(labels)]
+    return pd.concat([manifest] + [rows] * (factor - 1), ignore_index=True)
 
 
 def hold_out_validation(manifest, fraction: float, seed: int):
@@ -100,7 +119,7 @@ def prepare_data(cfg: dict, skip_bad_files: bool = False) -> KWSData:
                                max_shift=int(d["max_shift_seconds"] * feats.sample_rate),
                                speed=tuple(d["speed"])) if d["augment"] else None
     common = dict(label_names=label_names, feature_cfg=feats, clip_seconds=d["clip_seconds"],
-                  batch_size=d["batch_size"], seed=cfg["seed"], skip_bad_files=skip_bad_files)
+                  batch_size=d["batch_size"], seed=cfg["seed"], skip_bad_files=skip_bad_files, trim_db=d["trim_db"])
     masks = d["spec_augment"]
     spec = kd.SpecAugmentConfig(**masks) if d["augment"] and (masks["time_masks"] or masks["freq_masks"]) else None
     train = kd.make_dataset(manifest, "train", augment=augment, spec_augment_cfg=spec, **common)
@@ -270,13 +289,9 @@ def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool
         for recipe, model in trained.items():
             export_phase(run_dir, recipe, model, data, cfg["export"])
     if cfg["report"]["enabled"]:
-        from eval.kws_streams import StreamConfig
         from eval.report import report_run
 
-        r = cfg["report"]
-        paths = report_run(workdir, stream_cfg=StreamConfig(negative_hours=r["negative_hours"],
-                                                            hop_frames=r["hop_frames"], seed=cfg["seed"]),
-                           n_boot=r["n_boot"], skip_bad_files=skip_bad_files)
+        paths = report_run(workdir, n_boot=cfg["report"]["n_boot"], skip_bad_files=skip_bad_files)
         print(f"\nreport: {paths['md']}")
     return run_dir.load_metrics()
 

@@ -14,6 +14,7 @@ from kws_quant.data.audio import (
     load_audio_files,
     summarize_bad_files,
     to_mono_rate,
+    trim_silence,
     write_wav,
 )
 from kws_quant.data.augmentation import (
@@ -44,9 +45,12 @@ from kws_quant.data.readers import (
     DIGIT_WORDS,
     read_csv_manifest,
     read_fsdd,
+    read_audio_folder,
     read_speech_commands,
+    read_sphinx,
     speech_commands_speaker,
 )
+from kws_quant.data.wakeword import corpus_layout, read_wakeword_corpus
 from kws_quant.data.spec_augment import SpecAugmentConfig, spec_augment
 from kws_quant.data.synthetic import DEFAULT_VOICES, SyntheticConfig, default_cache_dir, keyword_label, synthetic_corpus
 from kws_quant.data.vocabulary import NON_KEYWORDS
@@ -57,6 +61,6 @@ __all__ = [
     "check_audio_file", "check_speaker_disjoint", "check_voice", "coloured_noise", "default_cache_dir",
     "find_bad_files", "fit_length", "keyword_label", "label_indices", "list_voices", "load_audio", "load_audio_files",
     "make_dataset", "mix_at_snr", "power", "random_gain", "random_segment", "read_csv_manifest", "read_fsdd",
-    "read_speech_commands", "relabel_unknown", "spec_augment", "speech_commands_speaker", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
-    "to_mono_rate", "validate_manifest", "write_wav",
+    "read_audio_folder", "read_speech_commands", "read_sphinx", "read_wakeword_corpus", "corpus_layout", "relabel_unknown", "spec_augment", "speech_commands_speaker", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
+    "to_mono_rate", "trim_silence", "validate_manifest", "write_wav",
 ]

@@ -39,7 +39,9 @@ class BadFile:
 def check_audio_file(path: str) -> None:
     """Raise :class:`AudioFileError` unless ``path`` is a readable audio file with at least one sample.
 
-    Reads only the header, so it is cheap enough to run over a whole dataset.
+    Reads the header of PCM WAV files, which cannot fail to decode once the header is sound (cheap enough for a
+    whole dataset); decodes every other file (FLAC, float WAV, SPHERE, ...) whole, since those can be corrupt after a
+    sound header (a FLAC stream that loses sync) or hold NaN/inf samples.
     """
     if not os.path.isfile(path):
         raise AudioFileError(path, "file does not exist")
@@ -53,6 +55,21 @@ def check_audio_file(path: str) -> None:
         raise AudioFileError(path, "audio file contains no samples")
     if info.samplerate <= 0:
         raise AudioFileError(path, f"invalid sample rate {info.samplerate}")
+    if not (info.format == "WAV" and info.subtype.startswith("PCM")):
+        _decode(path)
+
+
+def _decode(path: str) -> tuple[np.ndarray, int]:
+    """``(float32 [samples, channels], rate)``; raises :class:`AudioFileError` on a decoding error or a non-finite
+    sample."""
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioFileError(path, f"could not decode audio ({err})") from None
+    if not np.isfinite(audio).all():
+        bad = int((~np.isfinite(audio)).any(axis=1).sum())
+        raise AudioFileError(path, f"{bad} sample(s) are NaN or infinite")
+    return audio, rate
 
 
 def load_audio(path: str, sample_rate: int = DEFAULT_SAMPLE_RATE) -> np.ndarray:
@@ -62,10 +79,7 @@ def load_audio(path: str, sample_rate: int = DEFAULT_SAMPLE_RATE) -> np.ndarray:
         AudioFileError: missing, empty, corrupt or non-audio file.
     """
     check_audio_file(path)
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioFileError(path, f"could not decode audio ({err})") from None
+    audio, rate = _decode(path)
     if audio.shape[0] == 0:
         raise AudioFileError(path, "audio file contains no samples")
     return to_mono_rate(audio, rate, sample_rate)
@@ -90,6 +104,17 @@ def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
         f.setsampwidth(2)
         f.setframerate(int(sample_rate))
         f.writeframes(pcm.tobytes())
+
+
+def trim_silence(audio: np.ndarray, top_db: float = 40.0) -> np.ndarray:
+    """``audio`` without its leading and trailing samples quieter than ``top_db`` below its peak (an all-zero clip is
+    returned whole): puts a recording's speech where its clip's time axis says it is."""
+    energy = np.abs(audio)
+    peak = energy.max(initial=0.0)
+    if peak == 0:
+        return audio
+    voiced = np.flatnonzero(energy > peak * 10 ** (-top_db / 20))
+    return audio[voiced[0]:voiced[-1] + 1]
 
 
 def fit_length(audio: np.ndarray, num_samples: int, rng: np.random.Generator | None = None) -> np.ndarray:

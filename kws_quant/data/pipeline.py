@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from kws_quant.data.audio import find_bad_files, fit_length, load_audio, load_audio_files
+from kws_quant.data.audio import find_bad_files, fit_length, load_audio, load_audio_files, trim_silence
+from kws_quant.data.manifest import SILENCE_LABEL
 from kws_quant.data.augmentation import AugmentConfig
 from kws_quant.data.augmentation import augment as augment_clip
 from kws_quant.data.manifest import SPLITS
@@ -56,6 +57,7 @@ def make_dataset(
     drop_remainder: bool = False,
     shuffle_buffer: int = 10_000,
     spec_augment_cfg: SpecAugmentConfig | None = None,
+    trim_db: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches of ``(features float32 [B, frames, n_mels], label index int32 [B])`` for one split.
 
@@ -73,6 +75,9 @@ def make_dataset(
         shuffle_buffer: upper bound of the shuffle buffer (elements).
         spec_augment_cfg: SpecAugment masks on the features of each batch (:mod:`kws_quant.data.spec_augment`), seeded
             from ``seed`` like the audio augmentation; ``None`` for none.
+        trim_db: > 0: cut each speech clip's leading and trailing audio quieter than this many dB below its peak
+            (:func:`~kws_quant.data.audio.trim_silence`) before fitting it to the clip length, so the crop lands on
+            the speech of recordings longer than a clip (wake-word takes, sentences); ``_silence_`` clips stay whole.
     Raises:
         ValueError: unknown split, no rows for the split, or a label not in ``label_names`` (naming the file).
         AudioFileError: a bad audio file when ``skip_bad_files`` is false.
@@ -84,7 +89,7 @@ def make_dataset(
         raise ValueError(f"no rows with split={split!r}; splits present: {sorted(manifest['split'].unique())}")
     labels = label_indices(rows, label_names)
     paths = rows["path"].astype(str).to_numpy()
-    bad = {b.path for b in find_bad_files(paths, skip_bad_files)}
+    bad = {b.path for b in find_bad_files(list(dict.fromkeys(paths)), skip_bad_files)}  # repeated rows: once
     if bad:
         keep = np.array([p not in bad for p in paths])
         paths, labels = paths[keep], labels[keep]
@@ -103,11 +108,15 @@ def make_dataset(
         out.set_shape([None, frames, feature_cfg.n_mels])
         return out, label
 
+    silence = list(label_names).index(SILENCE_LABEL) if SILENCE_LABEL in label_names else -1
+
     def decode(path, label, fixed_length):
-        def load(p):
+        def load(p, index):
             audio = load_audio(p.decode(), sample_rate)
+            if trim_db > 0 and index != silence:
+                audio = trim_silence(audio, trim_db)
             return fit_length(audio, num_samples) if fixed_length else audio
-        audio = tf.numpy_function(load, [path], tf.float32, stateful=False)
+        audio = tf.numpy_function(load, [path, label], tf.float32, stateful=False)
         audio.set_shape([num_samples] if fixed_length else [None])
         return audio, label
 
@@ -121,7 +130,9 @@ def make_dataset(
         shuffle = split == "train"
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if augment is None:
-        ds = ds.map(decode_clip, num_parallel_calls=autotune).batch(64).map(features).unbatch()
+        # unbatch loses the cardinality; Keras would then learn an epoch's length by running out of data (and warn)
+        ds = ds.map(decode_clip, num_parallel_calls=autotune).batch(64).map(features).unbatch().apply(
+            tf.data.experimental.assert_cardinality(len(paths)))
     else:
         ds = ds.map(decode_whole, num_parallel_calls=autotune)
     if cache:

@@ -3,6 +3,9 @@
 - :func:`read_speech_commands`: Google Speech Commands layout.
 - :func:`read_fsdd`: Free Spoken Digit Dataset naming ``{digit}_{speaker}_{index}.wav``.
 - :func:`read_csv_manifest`: any dataset described by a CSV ``path,label[,speaker][,split]``.
+- :func:`read_sphinx`: CMU Sphinx layout (AN4): ``etc/<set>.transcription`` + ``etc/<set>.fileids``, audio under
+  ``wav/``.
+- :func:`read_audio_folder`: every audio file of a folder as one label (e.g. wake-word recordings).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from kws_quant.data.manifest import COLUMNS, assign_speaker_splits, validate_man
 
 BACKGROUND_NOISE_DIR = "_background_noise_"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_FSDD_NAME = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$", re.IGNORECASE)
+FSDD_NAME = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$", re.IGNORECASE)
+"""FSDD file names: ``{digit}_{speaker}_{index}.wav``."""
 
 
 def _require_dir(root: str, what: str) -> str:
@@ -115,11 +119,11 @@ def read_fsdd(
     Files not matching the naming pattern are ignored.
     """
     root = _require_dir(root, "FSDD root")
-    if not any(_FSDD_NAME.match(n) for n in os.listdir(root)) and os.path.isdir(os.path.join(root, "recordings")):
+    if not any(FSDD_NAME.match(n) for n in os.listdir(root)) and os.path.isdir(os.path.join(root, "recordings")):
         root = os.path.join(root, "recordings")  # the FSDD repository's layout
     rows = []
     for name in sorted(os.listdir(root)):
-        match = _FSDD_NAME.match(name)
+        match = FSDD_NAME.match(name)
         if match:
             digit, speaker, _ = match.groups()
             rows.append((os.path.join(root, name), DIGIT_WORDS[int(digit)] if digit_words else digit, speaker))
@@ -176,6 +180,90 @@ def read_csv_manifest(
         except (ValueError, TypeError):
             pass
     return _validate(manifest, label_names, source=csv_path, check_files=check_files)
+
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".sph")
+_SPHINX_LINE = re.compile(r"^\s*(?:<s>)?\s*(.*?)\s*(?:</s>)?\s*\(([^()\s]+)\)\s*$")
+
+
+def read_sphinx(
+    root: str,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    validation_speakers: Iterable[str] | None = None,
+    test_speakers: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Read a CMU Sphinx corpus (AN4's layout): one row per utterance.
+
+    Every ``etc/<set>.transcription`` (lines ``<s> WORDS </s> (utt-id)``) with its ``etc/<set>.fileids`` (lines
+    ``<dir>/<speaker>/<utt-id>``, audio at ``wav/<line>.{sph,wav,flac}``, NIST SPHERE ``.sph`` included) is read;
+    the two files are paired line by line and must name the same utterance. Speaker = the folder above the file.
+    Splits are speaker-disjoint: explicit speaker lists, else :func:`assign_speaker_splits` (``fractions``, ``seed``).
+    Sets named ``*test*`` keep their files in ``test``; with a test set present, ``fractions`` split the rest
+    between train and validation (its test share goes to train).
+
+    Returns:
+        columns ``path, label, speaker, split`` (``label`` = the transcript, upper case as written) plus ``utt_id``
+        and ``set``.
+    Raises:
+        FileNotFoundError: no ``etc/*.transcription``, a missing ``.fileids`` or audio file (named).
+        ValueError: a malformed line or a transcription/fileids mismatch (file and line number).
+    """
+    root = _require_dir(root, "Sphinx corpus root")
+    etc = os.path.join(root, "etc")
+    sets = sorted(n[: -len(".transcription")] for n in os.listdir(etc) if n.endswith(".transcription")) \
+        if os.path.isdir(etc) else []
+    if not sets:
+        raise FileNotFoundError(f"Sphinx corpus root {root}: no etc/<set>.transcription file")
+    rows = []
+    for name in sets:
+        trans_path, ids_path = (os.path.join(etc, name + ext) for ext in (".transcription", ".fileids"))
+        if not os.path.isfile(ids_path):
+            raise FileNotFoundError(f"{trans_path}: its file list {ids_path} does not exist")
+        with open(trans_path, encoding="utf-8", errors="replace") as f:
+            lines = [(i, ln) for i, ln in enumerate(f, 1) if ln.strip()]
+        with open(ids_path, encoding="utf-8", errors="replace") as f:
+            ids = [ln.strip() for ln in f if ln.strip()]
+        if len(ids) != len(lines):
+            raise ValueError(f"{trans_path}: {len(lines)} transcriptions but {ids_path} lists {len(ids)} files")
+        for (lineno, line), file_id in zip(lines, ids):
+            match = _SPHINX_LINE.match(line)
+            if not match or not match.group(1):
+                raise ValueError(f"{trans_path}:{lineno}: not '<s> WORDS </s> (utt-id)': {line.strip()[:80]!r}")
+            text, utt = match.groups()
+            if os.path.basename(file_id) != utt:
+                raise ValueError(f"{trans_path}:{lineno}: utterance {utt!r} but {ids_path} line {lineno} names "
+                                 f"{file_id!r}")
+            stem = os.path.join(root, "wav", *file_id.split("/"))
+            path = next((stem + ext for ext in AUDIO_EXTENSIONS if os.path.isfile(stem + ext)), None)
+            if path is None:
+                raise FileNotFoundError(f"{ids_path}:{lineno}: no audio file {stem}.{{sph,wav,flac}}")
+            speaker = os.path.basename(os.path.dirname(file_id)) or utt
+            rows.append((path, " ".join(text.split()), speaker, utt, name))
+    manifest = pd.DataFrame(rows, columns=["path", "label", "speaker", "utt_id", "set"])
+    is_test = manifest["set"].str.contains("test")
+    if is_test.any() and validation_speakers is None and test_speakers is None:
+        train_share = fractions[0] + fractions[2]
+        rest = assign_speaker_splits(manifest[~is_test], (fractions[0] / train_share, fractions[1] / train_share,
+                                                          0.0), seed)
+        manifest = pd.concat([rest, manifest[is_test].assign(split="test")]).loc[manifest.index]
+    else:
+        manifest = assign_speaker_splits(manifest, fractions, seed, validation_speakers, test_speakers)
+    return _validate(manifest, None, source=root)
+
+
+def read_audio_folder(root: str, label: str, fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                      seed: int = 0) -> pd.DataFrame:
+    """Every audio file (``.wav``, ``.flac``, ``.sph``) directly in ``root`` as one ``label``, each file its own
+    speaker (for recordings without speaker ids, e.g. crowd-sourced wake words), split by ``fractions`` in a hash
+    order fixed by ``seed``."""
+    root = _require_dir(root, f"{label} folder")
+    names = sorted(n for n in os.listdir(root) if n.lower().endswith(AUDIO_EXTENSIONS))
+    if not names:
+        raise ValueError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    manifest = pd.DataFrame({"path": [os.path.join(root, n) for n in names], "label": label,
+                             "speaker": [f"{label}/{n}" for n in names]})
+    return _validate(assign_speaker_splits(manifest, fractions, seed), None, source=root)
 
 
 def _validate(manifest, label_names, source, check_files=True, speaker_disjoint=True) -> pd.DataFrame:

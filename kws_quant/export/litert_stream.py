@@ -1,0 +1,48 @@
+"""A LiteRT ``.tflite`` KWS model over long feature streams: the interface of
+:class:`kws_quant.models.StreamingRunner` (``window``, ``n_mels``, ``hop``, ``posteriors``), one window per invoke
+as on the device, so a streaming DET can score the deployed int8 file itself."""
+from __future__ import annotations
+
+import numpy as np
+
+from kws_quant.export.tflite import make_interpreter, run_tflite
+
+
+class LiteRTStreamingRunner:
+    """Slide a ``.tflite`` window model (float input ``[1, window, n_mels]``, or an int8 one that
+    :func:`~kws_quant.export.tflite.run_tflite` quantizes) over ``[frames, n_mels]`` streams at ``hop_frames``.
+
+    Args:
+        path: the ``.tflite`` file (a full model: its input is log-mel windows, not a split front end's codes).
+        hop_frames: frames between consecutive windows.
+        chunk: windows materialised at a time (memory: ``chunk × window × n_mels × 4`` bytes).
+    """
+
+    def __init__(self, path: str, hop_frames: int = 1, chunk: int = 2048, num_threads: int = 1):
+        if hop_frames < 1 or chunk < 1:
+            raise ValueError(f"hop_frames={hop_frames} and chunk={chunk} must be positive")
+        self.path, self.hop, self.chunk = str(path), int(hop_frames), int(chunk)
+        self._interp = make_interpreter(self.path, num_threads=num_threads)
+        shape = self._interp.get_input_details()[0]["shape"]
+        if len(shape) != 3 or shape[0] != 1:
+            raise ValueError(f"{self.path}: input shape {list(shape)} is not one window [1, frames, n_mels]")
+        _, self.window, self.n_mels = (int(v) for v in shape)
+        self.num_classes = int(self._interp.get_output_details()[0]["shape"][-1])
+
+    def posteriors(self, features: np.ndarray) -> np.ndarray:
+        """Class posteriors (softmax of the dequantized logits) ``[num_windows, classes]``; window ``i`` ends at
+        frame ``i * hop + window - 1`` (a stream shorter than a window is front-padded with its minimum)."""
+        feats = np.asarray(features, np.float32)
+        if feats.ndim != 2 or feats.shape[1] != self.n_mels:
+            raise ValueError(f"features must have shape [frames, {self.n_mels}], got {feats.shape}")
+        if len(feats) < self.window:
+            feats = np.concatenate([np.full((self.window - len(feats), self.n_mels), feats.min(initial=0.0),
+                                            np.float32), feats])
+        windows = np.lib.stride_tricks.sliding_window_view(feats, self.window, axis=0)[::self.hop]  # [n, mels, win]
+        out = []
+        for start in range(0, len(windows), self.chunk):
+            batch = np.ascontiguousarray(windows[start:start + self.chunk].transpose(0, 2, 1))
+            logits = run_tflite(None, batch, interpreter=self._interp)
+            z = np.exp(logits - logits.max(axis=1, keepdims=True))
+            out.append(z / z.sum(axis=1, keepdims=True))
+        return np.concatenate(out).astype(np.float32)
