@@ -11,7 +11,6 @@ and weight memory) land in ``metrics.json`` and the hypotheses in ``<phase>/test
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 
@@ -29,7 +28,7 @@ from kws_quant.features import FeatureConfig
 from kws_quant.training import RunDir, make_strategy, resumable_fit
 
 FLOAT_PHASE = "float"
-SOURCES = ("synthetic", "fsdd", "librispeech")
+SOURCES = ("synthetic", "fsdd", "librispeech", "sphinx")
 
 
 def asr_config() -> ml_collections.ConfigDict:
@@ -40,7 +39,7 @@ def asr_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"             # synthetic | fsdd | librispeech
+    c.data.source = "synthetic"             # synthetic | fsdd | librispeech | sphinx (AN4)
     c.data.data_dir = ""                    # fsdd / librispeech root; --data_dir sets it
     c.data.batch_size = 32
     c.data.buckets = 5                      # length buckets (quantiles of the split's lengths); 1: none
@@ -54,6 +53,7 @@ def asr_config() -> ml_collections.ConfigDict:
         validation_fraction=0.1,
         synthetic_train_utterances=0))      # > 0: add eSpeak digit strings (24 voices) to the training split
     c.data.librispeech = ml_collections.ConfigDict(dict(fractions=(0.8, 0.1, 0.1), max_utterances=0))
+    c.data.sphinx = ml_collections.ConfigDict(dict(fractions=(0.7, 0.1, 0.2)))  # AN4 has no test set here: speakers
 
     c.augment = ml_collections.ConfigDict(dict(
         enabled=True, speed=(0.9, 1.1), gain_db=(-6.0, 6.0), noise_prob=0.5, snr_db=(10.0, 30.0), freq_masks=2,
@@ -137,6 +137,8 @@ def load_manifest(cfg: dict):
             extra = ad.synthetic_corpus(scfg, cache_dir=d["cache_dir"] or None)
             manifest = ad.check_manifest(pd.concat([manifest, extra], ignore_index=True))
         return manifest
+    if source == "sphinx":
+        return ad.read_sphinx_corpus(d["data_dir"], tuple(d["sphinx"]["fractions"]), cfg["seed"])
     ls = d["librispeech"]
     return ad.read_librispeech(d["data_dir"], tuple(ls["fractions"]), cfg["seed"], ls["max_utterances"] or None)
 
@@ -170,8 +172,7 @@ def prepare_data(cfg: dict, manifest=None) -> ASRData:
         if (manifest["split"] == "validation").any() else None
     # Checks every test transcript now, before any training time is spent.
     ad.encode_targets(manifest[manifest["split"] == "test"], vocab)
-    return ASRData(manifest, vocab, feats, mcfg, train, validation,
-                   math.ceil(int((manifest["split"] == "train").sum()) / d["batch_size"]),
+    return ASRData(manifest, vocab, feats, mcfg, train, validation, int(train.cardinality()),
                    ad.split_summary(manifest), common)
 
 

@@ -19,6 +19,7 @@ Corpora:
 - :func:`synthetic_corpus`: digit strings and short sentences spoken by eSpeak NG voices (the default when no data is
   given), voice-disjoint splits, rendered once and cached.
 - :func:`read_librispeech`: a LibriSpeech-style tree (``<speaker>/<chapter>/<id>.trans.txt`` + FLAC).
+- :func:`read_sphinx_corpus`: a CMU Sphinx tree such as AN4 (``etc/*.transcription``, ``wav/**.{sph,flac,wav}``).
 
 :func:`make_asr_dataset` turns a split into padded, length-bucketed batches
 ``({"features", "feature_lengths", "labels"}, targets)`` for ``model.fit`` with ``RNNTLoss``.
@@ -325,6 +326,16 @@ def read_librispeech(root: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), se
     return file_rows(table.to_dict("records"))
 
 
+def read_sphinx_corpus(root: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> pd.DataFrame:
+    """A CMU Sphinx corpus (AN4: ``etc/<set>.transcription`` + ``.fileids``, audio under ``wav/``, ``.sph`` included)
+    as an ASR manifest, through :func:`kws_quant.data.read_sphinx` (speaker-disjoint splits; ``*test*`` sets stay
+    test). Transcripts are lower-cased (the character vocabulary is lower case)."""
+    table = kd.read_sphinx(root, fractions, seed)
+    rows = [{"utt_id": r.utt_id, "path": r.path, "text": r.label.lower(), "speaker": r.speaker, "split": r.split,
+             "source": f"{r.set}.transcription ({r.utt_id})"} for r in table.itertuples()]
+    return file_rows(rows)
+
+
 # -- targets ----------------------------------------------------------------------------------------------------
 def encode_targets(manifest: pd.DataFrame, vocab: CharVocabulary) -> list[np.ndarray]:
     """Label ids per row: ``label_ids`` when the manifest has them (checked), else ``vocab.encode(text)``.
@@ -538,9 +549,15 @@ def make_asr_dataset(manifest: pd.DataFrame, split: str, vocab: CharVocabulary, 
     shapes = ([None, feature_cfg.n_mels], [], [None], [], [])
     pads = (0.0, 0, 0, 0, tf.constant(0, tf.int64))
     if boundaries:
-        ds = ds.bucket_by_sequence_length(lambda f, n, lab, u, i: n, boundaries,
+        # Bucketed by the utterance's nominal length, not its augmented one: the batches of an epoch are then known
+        # in advance (Keras sees every batch of every epoch and the schedules count real steps); speed
+        # perturbation moves a length by at most its factor, little padding.
+        nominal = tf.constant(frames, tf.int32)
+        ds = ds.bucket_by_sequence_length(lambda f, n, lab, u, i: tf.gather(nominal, i), boundaries,
                                           [int(batch_size)] * (len(boundaries) + 1), padded_shapes=shapes,
                                           padding_values=pads)
+        counts = np.bincount(np.searchsorted(boundaries, frames, side="right"), minlength=len(boundaries) + 1)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(int(np.ceil(counts / int(batch_size)).sum())))
     else:  # one bucket: batches in input order
         ds = ds.padded_batch(int(batch_size), padded_shapes=shapes, padding_values=pads)
 

@@ -140,6 +140,23 @@ def test_pipeline_batches_targets_and_lengths(tmp_path):
     assert sorted(seen) == list(range(6))
 
 
+def test_bucketed_epoch_has_a_known_length_and_every_utterance_once(tmp_path):
+    """Buckets by nominal length: the dataset's cardinality is the real batch count of every epoch, even with speed
+    perturbation (which used to move utterances between buckets; Keras then learnt the epoch length by running out
+    of data and warned "Your input ran out of data")."""
+    rows = wav_rows(tmp_path, [f"w{'o' * i}rd" for i in range(11)])
+    m = ad.file_rows(rows)
+    aug = ad.ASRAugmentConfig(speed=(0.8, 1.2), noise_prob=0.0, time_masks=0, freq_masks=0)
+    ds = ad.make_asr_dataset(m, "train", VOCAB, FEATS, batch_size=2, augment=aug, include_ids=True,
+                             bucket_boundaries=[40, 75])
+    frames = [FEATS.num_frames(int(round(d * 8000))) for d in m.duration]
+    counts = np.bincount(np.searchsorted([40, 75], frames, side="right"), minlength=3)
+    assert int(ds.cardinality()) == int(np.ceil(counts / 2).sum())
+    for _ in range(2):  # two epochs, reshuffled: the same count, every utterance once
+        ids = [i for _, _, b in ds for i in b.numpy()]
+        assert sorted(ids) == list(range(11))
+
+
 def test_pipeline_augmentation_is_deterministic(tmp_path):
     m = ad.file_rows(wav_rows(tmp_path, ["one", "two", "three"]))
     aug = ad.ASRAugmentConfig(speed=(0.8, 1.2), noise_prob=1.0, time_masks=2, freq_masks=2)

@@ -42,6 +42,13 @@ def test_tiny_synthetic_run_float_and_qat(tmp_path):
     assert len(metrics["tanh4"]["history"]["loss"]) == 2
     assert set(metrics["data"]) == {"train", "validation", "test"}
     assert "| tanh4 |" in out.stdout and "Results in" in out.stdout
+    assert "ran out of data" not in out.stderr + out.stdout  # every epoch's length is known in advance
+
+
+def test_bucketed_run_sees_every_batch_without_a_data_warning(tmp_path):
+    out = run(tiny_args(tmp_path, "--config.data.buckets=3", "--config.qat.recipes=()"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ran out of data" not in out.stderr + out.stdout
 
 
 def test_bad_input_gives_one_line_errors(tmp_path):
