@@ -2,6 +2,7 @@ r"""Compare trained KWS models on one page: streaming DET curves, operating poin
 
     python -m eval.report --run_dir=runs/kws_synthetic                 # every phase of a training run
     python -m eval.report --run_dir=runs/kws_fsdd --models=float,tanh4 --out=docs/report_fsdd
+    python -m eval.report --run_dir=runs/kws_speech_commands --data_dir=my_recordings   # a user's own folder
 
 Writes ``report.md``, ``report.html``, CSV tables (``operating_points.csv``, ``det_<model>.csv``, ``memory.csv``)
 and PNG plots (``det.png``, ``memory.png``) to ``--out`` (default ``<run_dir>/report``).
@@ -277,10 +278,12 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
         from eval.classification import plot_confusion
 
         paths["confusion_png"] = os.path.join(out_dir, "confusion.png")
-        matrices = {r.name: clip_metrics[r.name]["validation_classification"]["confusion"] for r in results
-                    if "validation_classification" in clip_metrics.get(r.name, {})}
+        split = "validation" if any("validation_classification" in clip_metrics.get(r.name, {})
+                                    for r in results) else "test"
+        matrices = {r.name: clip_metrics[r.name][f"{split}_classification"]["confusion"] for r in results
+                    if f"{split}_classification" in clip_metrics.get(r.name, {})}
         plot_confusion(matrices, label_names, paths["confusion_png"],
-                       title="validation split (speakers never seen in training)")
+                       title=f"{split} split (speakers never seen in training)")
         md += [f"## {len(label_names)}-class top-1 accuracy (clips of speakers never seen in training)", "",
                "95 % Wilson intervals. The validation and test splits hold different speakers; neither chose any "
                "training setting or checkpoint (fixed epochs, last epoch kept).", "", _md(classes, ".4f"), "",
@@ -315,13 +318,18 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
 
 def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=None, thresholds=None,
                fa_targets=None, n_boot: int = 200, command: str = "", skip_bad_files=False,
-               litert: bool = True, stream_overrides: dict | None = None) -> dict:
+               litert: bool = True, stream_overrides: dict | None = None, data_dir: str | None = None) -> dict:
     """Build (or reuse) the test streams of a run's data and report every (or the named) trained model of it.
 
     ``stream_cfg`` defaults to the run's ``config.report`` with ``stream_overrides`` (StreamConfig fields); with ``config.report.dataset_noise`` the streams' noise
     bed is the dataset's own noise recordings. The stream plan is saved as ``<out>/streams.json`` and reused while
     its settings match. ``litert``: also score each phase's exported ``export/int8.tflite`` (as
     ``<phase> int8 LiteRT``), one window per invoke as on the device.
+
+    ``data_dir``: evaluate on another folder of the run's layout instead (a user's own recordings): every clip of it
+    is test material, scored with the run's features and labels (audio at another rate is resampled, and the report
+    says so); the report goes to ``<run_dir>/eval_<folder>`` unless ``out_dir`` is given, with each model's top-1
+    accuracy and confusion matrix on the folder.
     """
     from eval.kws_streams import (ClipLoader, StreamConfig, load_plan, plan_streams, render_streams, save_plan)
     from eval.streaming import validate_thresholds
@@ -330,9 +338,19 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
 
     cfg, paths = load_run(run_dir, names)
     r = cfg["report"]
+    if data_dir is not None:
+        cfg = folder_config(cfg, data_dir)
+        out_dir = out_dir or os.path.join(run_dir, f"eval_{os.path.basename(os.path.normpath(data_dir))}")
     thresholds = validate_thresholds(default_thresholds() if thresholds is None else thresholds)
     fa_targets = tuple(r["fa_targets"]) if fa_targets is None else tuple(fa_targets)
     manifest, label_names, keyword_labels, noises = load_manifest(cfg)
+    if data_dir is not None:
+        manifest = manifest.assign(split="test")
+        label_names = run_labels(paths, label_names)
+        extra = sorted(set(manifest["label"]) - set(label_names))
+        if extra:
+            raise ValueError(f"{data_dir}: label(s) {extra} are not among the run's labels {label_names}")
+        note_resampling(manifest["path"], cfg["features"]["sample_rate"])
     stream_cfg = stream_cfg or dataclasses.replace(
         StreamConfig(negative_hours=r["negative_hours"], hop_frames=r["hop_frames"], snr_db=r["snr_db"],
                      seed=cfg["seed"]), **(stream_overrides or {}))
@@ -375,14 +393,69 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
                                           keyword_labels, stream_cfg, thresholds, fa_targets, n_boot, runner=runner))
     metrics_path = os.path.join(run_dir, "metrics.json")
     clip = json.load(open(metrics_path, encoding="utf-8")) if os.path.isfile(metrics_path) else {}
+    if data_dir is not None:  # this folder's clip metrics, not the training run's
+        clip = folder_clip_metrics(cfg, manifest, label_names, paths, window, features, skip_bad_files)
     info = {"streams": len(streams), "hours": sum(len(s.audio) / s.sample_rate for s in streams) / 3600,
             "occurrences": occurrences, "split": "test", "snr_db": stream_cfg.snr_db,
             "noise": ", ".join(os.path.basename(p) for p in stream_cfg.noise_paths) or "coloured noise",
             "hop_s": stream_cfg.hop_frames * features.hop_length / features.sample_rate,
             "smoothing_s": stream_cfg.smoothing_s, "refractory_s": stream_cfg.refractory_s}
-    return write_report(results, out_dir, title=f"KWS report: {cfg['name']}", command=command or
+    title = f"KWS report: {cfg['name']}" + (f" on {cfg['data']['data_dir']}" if data_dir is not None else "")
+    return write_report(results, out_dir, title=title, command=command or
                         f"python -m eval.report --run_dir={run_dir}", streams_info=info, clip_metrics=clip,
                         label_names=label_names)
+
+
+def folder_config(cfg: dict, data_dir: str) -> dict:
+    """The run's config pointed at ``data_dir``: same source layout, features and labels, no training-time
+    resampling of the splits (no held-out fraction, no oversampling)."""
+    import copy
+
+    if not os.path.exists(data_dir):
+        raise FileNotFoundError(f"--data_dir: {data_dir} does not exist")
+    if cfg["data"]["source"] == "synthetic":
+        raise ValueError("this run trained on the built-in synthetic corpus: give --data_dir a folder of a real "
+                         "layout only for runs of that layout (config.data.source)")
+    cfg = copy.deepcopy(cfg)
+    cfg["data"].update(data_dir=os.path.abspath(data_dir), validation_fraction=0.0, keyword_oversample=1,
+                       validation_speakers=(), test_speakers=())
+    return cfg
+
+
+def run_labels(paths: dict, default):
+    """The label order the run's models were trained with (``<phase>/labels.json``), else ``default``."""
+    for path in paths.values():
+        labels_path = os.path.join(os.path.dirname(path), "labels.json")
+        if os.path.isfile(labels_path):
+            with open(labels_path, encoding="utf-8") as f:
+                return json.load(f)
+    return default
+
+
+def note_resampling(paths, sample_rate: int) -> list[int]:
+    """Print (and return) the sample rates of ``paths`` that differ from the run's: that audio is resampled."""
+    import soundfile as sf
+
+    rates = sorted({sf.info(p).samplerate for p in paths if os.path.isfile(p)} - {int(sample_rate)})
+    if rates:
+        print(f"note: audio at {', '.join(map(str, rates))} Hz is resampled to the run's {sample_rate} Hz")
+    return rates
+
+
+def folder_clip_metrics(cfg, manifest, label_names, paths, window, features, skip_bad_files) -> dict:
+    """``{phase: {"test_classification": ...}}`` of every model on every clip of ``manifest`` (the test split)."""
+    from eval.classification import classification_metrics
+    from kws_quant.data import make_dataset
+    from kws_quant.kws_experiment import predict
+
+    ds = make_dataset(manifest, "test", label_names, features, cfg["data"]["clip_seconds"],
+                      cfg["data"]["batch_size"], skip_bad_files=skip_bad_files, trim_db=cfg["data"]["trim_db"])
+    out = {}
+    for name, path in paths.items():
+        logits, labels = predict(load_kws_model(path, window, features.n_mels, len(label_names)), ds)
+        c = classification_metrics(labels, logits, len(label_names))
+        out[name] = {"test_classification": c, "test_accuracy": c["accuracy"], "test_clips": c["clips"]}
+    return out
 
 
 def main(argv):
@@ -397,7 +470,8 @@ def main(argv):
     fa_targets = tuple(float(x) for x in f.fa_targets.split(",")) if f.fa_targets else None
     paths = report_run(f.run_dir, f.out, f.models.split(",") if f.models else None, None, thresholds, fa_targets,
                        f.n_boot, command="python -m eval.report " + " ".join(sys.argv[1:]),
-                       skip_bad_files=f.skip_bad_files, litert=f.litert, stream_overrides=overrides)
+                       skip_bad_files=f.skip_bad_files, litert=f.litert, stream_overrides=overrides,
+                       data_dir=f.data_dir)
     print(f"report written: {paths['md']} (and {os.path.basename(paths['html'])}, CSVs, "
           f"{os.path.basename(paths['det_png'])}, {os.path.basename(paths['memory_png'])})")
 
@@ -407,6 +481,8 @@ def run():
     from absl import app, flags
 
     flags.DEFINE_string("run_dir", None, "Training run directory (kws_quant.train --workdir).", required=True)
+    flags.DEFINE_string("data_dir", None, "Evaluate the run's models on this folder (same layout as the run's data) "
+                        "instead of the run's test split; report in <run_dir>/eval_<folder>.")
     flags.DEFINE_string("models", "", "Comma-separated phases to compare (default: float and every QAT recipe).")
     flags.DEFINE_string("out", None, "Output folder (default: <run_dir>/report).")
     flags.DEFINE_float("stream_seconds", None, "Length of each test stream, seconds (default 60).")

@@ -199,3 +199,37 @@ def test_shared_folder_split_of_the_config():
     check_speaker_disjoint(manifest)
     voices = manifest[manifest.label != "_silence_"].groupby("split")["speaker"].nunique()
     assert voices["validation"] >= 40 and voices["test"] >= 20
+
+
+def test_evaluate_a_finished_run_on_another_folder(tmp_path):
+    """eval.report --data_dir: the run's models scored on a user's folder (8 kHz audio, resampled and said so);
+    bad folders get one clear line."""
+    root = tmp_path / "sc"
+    make_test_archive(str(root), speakers=8)
+    work = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    train = [sys.executable, "-m", "kws_quant.train", "--config=configs/kws_speech_commands.py", f"--data_dir={root}",
+             f"--workdir={work}", "--verbose=0", "--config.data.keywords=('yes','no','up')",
+             "--config.data.split_fractions=(0.5,0.25,0.25)", "--config.data.batch_size=16",
+             "--config.model.hidden=(24,24)", "--config.train.float_epochs=2", "--config.qat.recipes=()",
+             "--config.qat.ptq_recipes=()", "--config.report.enabled=False", "--config.export.enabled=False"]
+    assert subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env).returncode == 0
+    mine = tmp_path / "mine"
+    rng = np.random.default_rng(5)
+    for n in range(3):
+        for word, freq in WORDS.items():
+            write_tone(os.path.join(mine, word, f"abcdef{n:02d}_nohash_0.wav"), freq, rng, rate=8000)
+    report = [sys.executable, "-m", "eval.report", f"--run_dir={work}", f"--data_dir={mine}", "--n_boot=5",
+              "--negative_hours=0.002", "--stream_seconds=10"]
+    proc = subprocess.run(report, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "audio at 8000 Hz is resampled to the run's 16000 Hz" in proc.stdout
+    md = (work / "eval_mine" / "report.md").read_text()
+    assert f"on {mine}" in md and "| float |" in md and "top-1 accuracy" in md
+    write_tone(os.path.join(tmp_path, "cats", "cat", "abcdef00_nohash_0.wav"), 500.0, rng)
+    os.makedirs(tmp_path / "empty")
+    for bad, message in ((tmp_path / "nothing", "does not exist"), (tmp_path / "empty", "no <label>/*.wav files"),
+                         (root / "yes", "no <label>/*.wav files"), (tmp_path / "cats", "keyword label(s)")):
+        proc = subprocess.run(report[:4] + [f"--data_dir={bad}"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
