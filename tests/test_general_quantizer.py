@@ -90,10 +90,19 @@ def test_soft_equals_hard_as_tau_goes_to_zero(bits):
     assert len(np.unique(hard)) <= 2 ** bits
     gaps = [float(np.abs(q.soft(tf.constant(w), st, tau=t).numpy() - hard).max()) for t in (1.0, 1e-2, 1e-4)]
     assert gaps[0] > gaps[1] > gaps[2] or gaps[2] == 0.0
-    np.testing.assert_array_equal(q.soft(tf.constant(w), st, tau=1e-9).numpy(), hard)
+    # tau -> 0: the soft weight picks the hard centroid (exact index); its value is a softmax-weighted sum, so equal
+    # to the centroid only up to float32 rounding (a few ulps; one ulp was seen on AMD EPYC)
+    ulps = 4 * np.spacing(np.float32(np.abs(c).max()))
+
+    def assert_hard(values):
+        np.testing.assert_array_equal(np.argmin(np.abs(values[..., None] - c), axis=-1),
+                                      np.argmin(np.abs(w[..., None] - c), axis=-1))
+        np.testing.assert_allclose(values, hard, rtol=0, atol=ulps)
+
+    assert_hard(q.soft(tf.constant(w), st, tau=1e-9).numpy())
     # the forward follows the flag
     st["tau"].assign(1e-9)
-    np.testing.assert_array_equal(q.fake_quant(tf.constant(w), st).numpy(), hard)
+    assert_hard(q.fake_quant(tf.constant(w), st).numpy())
     st["tau"].assign(1.0)
     assert not np.array_equal(q.fake_quant(tf.constant(w), st).numpy(), hard)
     st["hard"].assign(1.0)

@@ -171,7 +171,9 @@ class _Shape:
         layer = self.layer
         one_d = isinstance(layer, keras.layers.AveragePooling1D)
         size = (layer.pool_size[0], 1) if one_d else tuple(layer.pool_size)
-        strides = (layer.strides[0], 1) if one_d else tuple(layer.strides)
+        # A 1-D pooling is a (k, 1) depthwise over [B, T, 1, C]; its width stride is moot (width 1), so it takes the
+        # time stride too: TF's CPU depthwise kernel refuses unequal row/column strides on some CPUs (AMD EPYC).
+        strides = (layer.strides[0],) * 2 if one_d else tuple(layer.strides)
         x4 = tf.expand_dims(x, 2) if one_d else x
         w = tf.constant(np.full(size + (x.shape[-1], 1), 1.0 / (size[0] * size[1]), np.float32))
         y = tf.nn.depthwise_conv2d(x4, w, strides=(1,) + strides + (1,), padding="VALID")
