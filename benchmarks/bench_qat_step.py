@@ -82,19 +82,20 @@ def main():
             start = time.perf_counter()
             models[name].fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)
             steps[name].append((time.perf_counter() - start) / args.steps)
-    base = statistics.median(steps["float"])  # everything relative to the default (non-XLA) float step
+    no_xla = steps.get("float")  # ratios to the default (non-XLA) float step, when it was measured (not --jit on)
     print(f"\nKWS 250K model, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
           f"TF {tf.__version__}, Keras {keras.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs\n")
     print("| model | median ms/step | min ms/step | ratio to float without XLA (median) | "
-          "ratio to float with XLA (median / min) |")
+          "ratio to float with XLA (median / min) |")  # '-': that float step was not measured (--jit on / off)
     print("|---|---:|---:|---:|---:|")
     xla = steps.get("float, XLA")
     for name in names:
         med = statistics.median(steps[name])
         like = (f"{med / statistics.median(xla):.2f} / {min(steps[name]) / min(xla):.2f}"
-                if xla is not None and name.endswith("XLA") else "")
-        print(f"| {name} | {1000 * med:.2f} | {1000 * min(steps[name]):.2f} | {med / base:.2f} | {like} |")
+                if xla is not None and name.endswith("XLA") else "-")
+        plain = f"{med / statistics.median(no_xla):.2f}" if no_xla is not None else "-"
+        print(f"| {name} | {1000 * med:.2f} | {1000 * min(steps[name]):.2f} | {plain} | {like} |")
 
 
 if __name__ == "__main__":

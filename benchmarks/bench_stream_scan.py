@@ -32,9 +32,12 @@ def main():
     args = p.parse_args()
     feats = FeatureConfig()
     rng = np.random.default_rng(0)
-    streams = [AudioStream((rng.standard_normal(60 * 16000) * 0.05).astype(np.float32), 16000, [])
-               for _ in range(int(args.minutes))]
-    hours = len(streams) / 60
+    if not args.minutes * 60 >= 1:
+        p.error(f"--minutes={args.minutes} must be at least 1/60 (one second of audio)")
+    seconds = [60.0] * int(args.minutes) + ([args.minutes % 1 * 60] if args.minutes % 1 * 60 >= 1 else [])
+    streams = [AudioStream((rng.standard_normal(int(s * 16000)) * 0.05).astype(np.float32), 16000, [])
+               for s in seconds]
+    hours = sum(seconds) / 3600
     labels = ["_silence_", "_unknown_", "hey_computer"]
     configs = {}
     for recipe in ("float", "tanh4"):
@@ -59,7 +62,7 @@ def main():
         for s in streams:
             configs[names[0]].logmel(s.audio)
         feat_t.append((time.perf_counter() - start) / hours)
-    print(f"\n{len(streams)} streams x 60 s ({hours:.2f} h), TF {tf.__version__}, {os.cpu_count()} CPUs, "
+    print(f"\n{len(streams)} streams of up to 60 s ({hours:.3f} h), TF {tf.__version__}, {os.cpu_count()} CPUs, "
           f"{args.rounds} rounds; log-mel alone: {statistics.median(feat_t):.2f} s per hour\n")
     print("| model, hop | median s per hour of audio | min | real-time factor |")
     print("|---|---:|---:|---:|")

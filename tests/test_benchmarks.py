@@ -1,0 +1,47 @@
+"""Every benchmark script's documented options run: --help, then one tiny configuration per option."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = sorted(n for n in os.listdir(os.path.join(ROOT, "benchmarks")) if n.startswith("bench_"))
+
+
+def bench(name, *args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, os.path.join("benchmarks", name), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_help(name):
+    out = bench(name, "--help")
+    assert out.returncode == 0 and "usage" in out.stdout.lower(), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args", [("--jit", "on", "--breakdown"), ("--jit", "off")])
+def test_qat_step_each_jit_setting(args):
+    """--jit on used to crash with KeyError: 'float' (its ratio baseline is the non-XLA float step)."""
+    out = bench("bench_qat_step.py", "--batch", "4", "--rounds", "1", "--steps", "1", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| tanh4 stage 2")]
+    assert len(rows) == 1 and rows[0].count("|") == 6
+
+
+def test_rnnt_loss_tiny():
+    out = bench("bench_rnnt_loss.py", "--batch", "2", "--frames", "12", "--labels", "4", "--vocab", "6", "--reps",
+                "1", "--warmup", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_stream_scan_tiny():
+    out = bench("bench_stream_scan.py", "--minutes", "0.2", "--hops", "2", "--rounds", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_tflite_tiny():
+    pytest.importorskip("ai_edge_litert")
+    out = bench("bench_tflite.py", "--steps", "1", "--reps", "1", "--windows", "4", "--threads", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
