@@ -71,6 +71,6 @@ def plot_confusion(matrices: dict, label_names, path: str, title: str = "") -> N
         ax.set_ylabel("true")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)

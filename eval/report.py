@@ -110,7 +110,8 @@ def evaluate_model(name, model, streams, features, label_names, keyword_labels, 
         memory = pd.DataFrame([{"model": name, "preset": p + ("+packed" if packed else ""),
                                 **{k: v for k, v in project_memory(model, p, packed=packed).attrs["summary"].items()
                                    if k in ("param_bytes", "peak_activation_bytes", "stream_buffer_bytes",
-                                            "total_bytes", "vs_float32")}} for p, packed in PRESETS])
+                                            "total_bytes", "vs_float32")}} for p, packed in PRESETS
+                               if runner is None])  # an export's memory is its Keras model's row
     return ModelResult(name, curves, pd.DataFrame(rows), memory, scan, pd.DataFrame(latency))
 
 
@@ -246,7 +247,7 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
     memory.to_csv(paths["memory"], index=False)
     for r in results:
         pd.concat([c.to_frame().assign(keyword=k) for k, c in r.curves.items()]).to_csv(
-            os.path.join(out_dir, f"det_{r.name}.csv"), index=False)
+            os.path.join(out_dir, f"det_{r.name.replace(' ', '_')}.csv"), index=False)
     plot_det(results, paths["det_png"], keywords)
     plot_memory(memory, paths["memory_png"])
 
