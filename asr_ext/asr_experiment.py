@@ -143,6 +143,22 @@ def load_manifest(cfg: dict):
     return ad.read_librispeech(d["data_dir"], tuple(ls["fractions"]), cfg["seed"], ls["max_utterances"] or None)
 
 
+def check_config(cfg: dict) -> None:
+    """Refuse values that make no sense before anything runs (one error naming the key and value)."""
+    t, d = cfg["train"], cfg["data"]
+    for key in ("float_epochs", "stage1_epochs", "stage2_epochs", "other_float_epochs"):
+        v = t[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"config.train.{key}={v!r} must be an integer >= 0")
+    for key in ("learning_rate", "qat_learning_rate"):
+        v = t[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and v != float("inf")):
+            raise ValueError(f"config.train.{key}={v!r} must be a finite number > 0")
+    v = d["batch_size"]
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"config.data.batch_size={v!r} must be an integer > 0")
+
+
 def model_config(cfg: dict) -> RNNTConfig:
     m = dict(cfg["model"])
     return RNNTConfig(n_mels=cfg["features"]["n_mels"], **{k: tuple(v) if isinstance(v, list) else v
@@ -271,8 +287,8 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: ASRData, strat
 
 def run(cfg: dict, workdir: str, strategy: str = "default", verbose: int = 1) -> dict:
     """Run every phase of the experiment in ``workdir``; returns the metrics of all phases."""
+    check_config(cfg)
     run_dir = RunDir(workdir)
-    run_dir.save_config(cfg)
     names = [*cfg["qat"]["recipes"], *cfg["qat"]["methods"]]
     for name in cfg["qat"]["methods"]:
         methods.parse(name)  # bad names fail before any training
@@ -281,6 +297,7 @@ def run(cfg: dict, workdir: str, strategy: str = "default", verbose: int = 1) ->
                          f"{FLOAT_PHASE!r}); got {names}")
     keras.utils.set_random_seed(cfg["seed"])
     data = prepare_data(cfg)
+    run_dir.save_config(cfg)  # after the inputs were checked: a failed start does not block its corrected rerun
     run_dir.update_metrics("data", data.summary)
     dist = make_strategy(strategy)
     floats = {}  # encoder -> (its data, its trained float model)

@@ -505,9 +505,13 @@ def run():
         try:
             main(argv)
         except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
             sys.exit(2)
 
+    from kws_quant.usage import print_help_and_exit, wants_help
+
+    if wants_help(sys.argv):
+        print_help_and_exit(sys.argv)
     app.run(guarded)
 
 

@@ -15,6 +15,8 @@ from typing import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
+from kws_quant.usage import print_help_and_exit, wants_help
+
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (FSDD, Speech Commands or LibriSpeech layout) or a "
                                "CSV manifest; overrides config.data.data_dir.")
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config.name>).")
@@ -24,7 +26,7 @@ CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this ma
 VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line/epoch).")
 TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of an input error.")
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
 """Bad input (data, config values): reported as one line naming the problem, exit status 2."""
 
 
@@ -35,8 +37,12 @@ def fail(error: Exception) -> None:
 
 
 def unquote(error: Exception) -> str:
-    """ml_collections nests reprs in its messages; make them one readable line."""
-    text = str(error).strip().strip("'").replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
+    """ml_collections nests reprs in its messages; make them one readable line (a message that is one quoted repr
+    loses its outer quotes; quotes inside it, e.g. around a flag name, are kept)."""
+    text = str(error).strip()
+    if len(text) > 1 and text[0] == text[-1] == "'":
+        text = text[1:-1]
+    text = text.replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
     return " ".join(text.split())
 
 
@@ -49,6 +55,8 @@ def run_experiment(default_config: str, experiment_module: str,
     try:
         config = config_flags.DEFINE_config_file("config", default_config, "Experiment config file (ml_collections).",
                                                  lock_config=True)
+        if wants_help(sys.argv):
+            print_help_and_exit(sys.argv, modules=(__name__,))
         remaining = flags.FLAGS(sys.argv)
     except AttributeError as e:  # ml_collections: an override names a key the config does not have
         fail(ValueError(f"unknown config key in a --config.* override: {unquote(e)}"))

@@ -36,6 +36,27 @@ class KWSData:
     steps_per_epoch: int
 
 
+def check_config(cfg: dict) -> None:
+    """Refuse values that make no sense before anything runs (one error naming the key and value)."""
+    def need(ok, key, value, what):
+        if not ok:
+            raise ValueError(f"config.{key}={value!r} must be {what}")
+
+    def integer(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    t, d = cfg["train"], cfg["data"]
+    for key in ("float_epochs", "stage1_epochs", "stage2_epochs"):
+        need(integer(t[key]) and t[key] >= 0, f"train.{key}", t[key], "an integer >= 0")
+    for key in ("learning_rate", "qat_learning_rate"):
+        v = t[key]
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+             f"train.{key}", v, "a finite number > 0")
+    need(integer(d["batch_size"]) and d["batch_size"] > 0, "data.batch_size", d["batch_size"], "an integer > 0")
+    need(isinstance(d["clip_seconds"], (int, float)) and math.isfinite(d["clip_seconds"]) and d["clip_seconds"] > 0,
+         "data.clip_seconds", d["clip_seconds"], "a finite number of seconds > 0")
+
+
 def load_manifest(cfg: dict):
     """``(manifest, label_names, keyword_labels, noise_paths)`` for ``cfg["data"]``; clear errors on bad input."""
     d = cfg["data"]
@@ -273,10 +294,11 @@ def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
 
 def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool = False, verbose: int = 1) -> dict:
     """Run every phase of the experiment in ``workdir``; returns the metrics of all phases."""
+    check_config(cfg)
     run_dir = RunDir(workdir)
-    run_dir.save_config(cfg)
     keras.utils.set_random_seed(cfg["seed"])
     data = prepare_data(cfg, skip_bad_files)
+    run_dir.save_config(cfg)  # after the inputs were checked: a failed start does not block its corrected rerun
     dist = make_strategy(strategy)
     float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)
     for recipe in cfg["qat"]["ptq_recipes"]:

@@ -66,6 +66,8 @@ class RunDir:
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise FileExistsError(f"--workdir={path}: exists and is not a directory")
         os.makedirs(self.path, exist_ok=True)
 
     def phase(self, name: str) -> str:

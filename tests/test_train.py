@@ -99,11 +99,49 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     (["--config=configs/kws_fsdd.py"], "config.data.source='fsdd' needs a dataset: pass --data_dir"),
     (["--config=configs/does_not_exist.py"], "cannot load the --config file"),
     (["--config.data.source=tape"], "config.data.source='tape' is not allowed; allowed: synthetic, fsdd"),
+    (["--bogus"], "error: bad command line: Unknown command line flag 'bogus'\n"),  # the closing quote is kept
+    (["--config.data.batch_size=0"], "error: config.data.batch_size=0 must be an integer > 0"),
+    (["--config.train.learning_rate=nan"], "error: config.train.learning_rate=nan must be a finite number > 0"),
+    (["--config.train.qat_learning_rate=-1"], "config.train.qat_learning_rate=-1.0 must be a finite number > 0"),
+    (["--config.train.float_epochs=-2"], "error: config.train.float_epochs=-2 must be an integer >= 0"),
 ])
 def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
     out = run([sys.executable, "-m", "kws_quant.train", f"--workdir={tmp_path / 'run'}", *args], timeout=120)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_workdir_that_is_a_file_is_one_clear_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = run([sys.executable, "-m", "kws_quant.train", f"--workdir={tmp_path / 'afile'}"], timeout=120)
+    assert out.returncode == 2 and "exists and is not a directory" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("module", ["kws_quant.train", "asr_ext.train", "eval.report", "kws_quant.export"])
+@pytest.mark.parametrize("flag", ["--help", "--helpshort", "--helpfull"])
+def test_help_prints_usage_and_exits_0(module, flag):
+    out = run([sys.executable, "-m", module, flag], timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage" in out.stdout.lower() and "--" in out.stdout
+    assert not any(line.startswith("error:") for line in out.stderr.splitlines())
+
+
+def test_failed_start_does_not_block_the_corrected_rerun(tmp_path):
+    """config.json is written only once the inputs were checked: a typo'd --data_dir, then the right one."""
+    common = [sys.executable, "-m", "kws_quant.train", "--config=configs/kws_fsdd.py", f"--workdir={tmp_path / 'r'}",
+              "--config.train.float_epochs=0", "--config.qat.recipes=()", "--config.report.enabled=False",
+              "--config.export.enabled=False"]
+    out = run(common + [f"--data_dir={tmp_path / 'typo'}"], timeout=120)
+    assert out.returncode == 2 and not (tmp_path / "r" / "config.json").exists()
+    good = tmp_path / "fsdd"
+    good.mkdir()
+    for speaker in ("a", "b", "c", "d"):
+        for digit in range(2):
+            sf.write(good / f"{digit}_{speaker}_0.wav", np.sin(np.arange(4000) * 0.1 * (digit + 1)) * 0.3, 8000)
+    out = run(common + [f"--data_dir={good}", "--config.data.keywords=('zero','one')", "--config.data.test_speakers=('d',)",
+                        "--config.data.validation_fraction=0.4"], timeout=300)
+    assert "started with a different config" not in out.stderr
+    assert (tmp_path / "r" / "config.json").exists(), out.stderr[-2000:]
 
 
 def test_changed_config_in_same_workdir_is_refused(tmp_path):

@@ -16,6 +16,8 @@ import sys
 
 from absl import flags
 
+from kws_quant.usage import wants_help
+
 # Our own FlagValues, so importing this module next to another absl program (tests, a training script) cannot
 # collide with its flag names.
 FLAGS = flags.FlagValues()
@@ -78,9 +80,8 @@ def run(argv) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
-        print(__doc__)
-        print(FLAGS.get_help())
+    if wants_help(argv):
+        print(f"{__doc__.strip()}\n\nusage: python -m kws_quant.export [flags]\n\n{FLAGS.get_help()}")
         return 0
     try:
         run(argv)
