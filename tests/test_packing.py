@@ -6,6 +6,8 @@ import os
 import keras
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import kws_quant  # noqa: F401  (sets the Keras backend)
 from eval.memory import project_memory
@@ -155,5 +157,87 @@ def test_unpack_rejects_a_truncated_payload(tmp_path):
     pack(parallel_dense(3), str(tmp_path))
     path = tmp_path / "payload.bin"
     path.write_bytes(path.read_bytes()[:-4])
-    with pytest.raises(ValueError, match="payload has .* bytes, the manifest says"):
+    with pytest.raises(ValueError, match=r"payload .*payload.bin has \d+ bytes, payload_nbytes says"):
         unpack(str(tmp_path))
+
+
+# -- a packed export cannot be turned against its reader -----------------------------------------------------
+def _edit_manifest(folder, change):
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _first_segment(m, name="codes"):
+    return next(t["segments"][name] for layer in m["layers"] for t in layer["tensors"] if name in t["segments"])
+
+
+def _first_entry(m):
+    return next(t for layer in m["layers"] for t in layer["tensors"] if "codes" in t["segments"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(payload="../../secret.txt"), "must be a plain file name"),
+    (lambda m: m.update(payload="/dev/zero"), "must be a plain file name"),
+    (lambda m: m.update(payload=".."), "must be a plain file name"),
+    (lambda m: m.update(payload=7), "payload=7 is not a str"),
+    (lambda m: m.update(payload_nbytes=10 ** 12), "has \\d+ bytes, payload_nbytes says 1000000000000"),
+    (lambda m: _first_segment(m).update(offset=-4), "offset=-4, nbytes=.* lie outside"),
+    (lambda m: _first_segment(m).update(nbytes=10 ** 9), "lie outside the \\d+-byte payload"),
+    (lambda m: _first_entry(m).update(storage_bits=0), "storage_bits=0 must be in 1..32"),
+    (lambda m: _first_entry(m).update(shape=[10 ** 6, 10 ** 3]), "cannot hold 1000000000 codes"),
+    (lambda m: _first_entry(m).update(dtype="object"), "dtype='object' is not an integer code type"),
+    (lambda m: m.update(layers="x"), "layers='x' is not a list"),
+])
+def test_unpack_refuses_hostile_manifests(tmp_path, change, message):
+    pack(parallel_dense(3), str(tmp_path))
+    (tmp_path.parent / "secret.txt").write_text("not weights")
+    _edit_manifest(tmp_path, change)
+    with pytest.raises(ValueError, match=message):
+        unpack(str(tmp_path))
+
+
+def test_unpack_detects_a_flipped_byte_and_a_symlinked_payload(tmp_path):
+    pack(parallel_dense(3), str(tmp_path))
+    payload = tmp_path / "payload.bin"
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    payload.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match payload_sha256"):
+        unpack(str(tmp_path))
+    payload.unlink()
+    other = tmp_path.parent / "elsewhere.bin"
+    other.write_bytes(bytes(data))
+    payload.symlink_to(other)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        unpack(str(tmp_path))
+    (tmp_path / "manifest.json").write_text('{"format": ')
+    with pytest.raises(ValueError, match="manifest.json: not a readable manifest"):
+        unpack(str(tmp_path))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.recursive(st.none() | st.booleans() | st.integers(-2 ** 40, 2 ** 40) | st.text(max_size=12),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                max_size=4), max_leaves=20),
+       st.sampled_from(["layers", "payload", "payload_nbytes", "format", "payload_sha256", "tensor.shape",
+                        "tensor.storage_bits", "tensor.dtype", "tensor.min_code", "tensor.segments", "tensor.role", "tensor.bits",
+                        "tensor.signed",
+                        "segment.offset", "segment.nbytes", "segment.shape", "layer.tensors", "layer.name"]))
+def test_unpack_fuzzed_manifest_fields_raise_value_error_only(tmp_path_factory, value, field):
+    """Any JSON value in any manifest field (top level, a layer, a tensor, a segment): a ValueError naming the
+    problem, or (rarely) a valid read; never another exception, never a read outside the folder."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    pack(parallel_dense(2), str(folder))
+    where, _, key = field.rpartition(".")
+
+    def change(m):
+        target = {"": m, "layer": m["layers"][0], "tensor": _first_entry(m), "segment": _first_segment(m)}[where]
+        target[key] = value
+
+    _edit_manifest(folder, change)
+    try:
+        unpack(str(folder))
+    except ValueError:
+        pass

@@ -25,6 +25,7 @@ Storage rules (shared with :mod:`eval.memory`, which projects sizes from the sam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -491,9 +492,11 @@ def pack(model: keras.Model, path: str, preset="nna-5bit", word_bits: int | None
                     offset += len(blob)
                 entries.append(_tensor_entry(t, segments))
             layers.append(_layer_entry(plan, entries))
+    with open(os.path.join(path, PAYLOAD), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
     manifest = {"format": FORMAT, "model": model.name, "preset": dataclasses.asdict(preset),
                 "word_bits": preset.word_bits, "byte_order": "little", "bit_order": "lsb-first",
-                "payload": PAYLOAD, "payload_nbytes": offset, "layers": layers}
+                "payload": PAYLOAD, "payload_nbytes": offset, "payload_sha256": digest, "layers": layers}
     text = json.dumps(manifest, indent=1)
     with open(os.path.join(path, MANIFEST), "w", encoding="utf-8") as f:
         f.write(text)
@@ -529,25 +532,104 @@ def _layer_entry(plan: LayerPlan, tensors: list) -> dict:
 def unpack(path: str) -> dict:
     """Read a :func:`pack` directory.
 
+    Everything read back is checked before use: the manifest is JSON of this format; the payload is a plain file
+    name inside ``path`` (no separator, no ``..``), a regular file of exactly ``payload_nbytes`` bytes (checked
+    before reading) whose SHA-256 equals ``payload_sha256``; every segment lies inside the payload, with a
+    non-negative offset and a size that its shape and bit width fill exactly.
+
     Returns:
         ``{"manifest": dict, "layers": {layer: {role: {"codes": IntegerCodes | CodebookCodes | None, "values":
         float32 array}}}}``
         with the exact codes, scales and zero points that were packed (``values = codes.dequantize()``), and the
         float32 values of float tensors. Layers without stored tensors are absent.
+    Raises:
+        ValueError: naming the file and the field that is wrong.
     """
-    with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    with open(os.path.join(path, manifest["payload"]), "rb") as f:
-        payload = f.read()
-    if len(payload) != manifest["payload_nbytes"]:
-        raise ValueError(f"{path}: payload has {len(payload)} bytes, the manifest says {manifest['payload_nbytes']}")
+    manifest_path = os.path.join(path, MANIFEST)
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no {MANIFEST} (not a packed export)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{manifest_path}: not a readable manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{manifest_path}: format {got!r} is not {FORMAT!r}")
+    payload = _read_payload(path, manifest_path, manifest)
     layers = {}
-    for layer in manifest["layers"]:
-        for entry in layer["tensors"]:
-            layers.setdefault(layer["name"], {})[entry["role"]] = _decode(entry, payload)
+    for i, layer in enumerate(_field(manifest, "layers", list, manifest_path)):
+        where = f"{manifest_path}: layers[{i}]"
+        name = _field(layer, "name", str, where)
+        for j, entry in enumerate(_field(layer, "tensors", list, where)):
+            check_entry(entry, len(payload), f"{where}.tensors[{j}]")
+            layers.setdefault(name, {})[entry["role"]] = _decode(entry, payload)
     return {"manifest": manifest, "layers": layers}
+
+
+def _field(obj, key, kind, where):
+    if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+        value = obj.get(key) if isinstance(obj, dict) else obj
+        raise ValueError(f"{where}: {key}={value!r} is not a {kind.__name__}")
+    return obj[key]
+
+
+def _read_payload(path: str, manifest_path: str, manifest: dict) -> bytes:
+    name = _field(manifest, "payload", str, manifest_path)
+    if not name or name in (".", "..") or os.path.basename(name) != name or "/" in name or "\\" in name:
+        raise ValueError(f"{manifest_path}: payload={name!r} must be a plain file name inside {path}")
+    size = _field(manifest, "payload_nbytes", int, manifest_path)
+    file = os.path.join(path, name)
+    if os.path.islink(file) or not os.path.isfile(file):
+        raise ValueError(f"{manifest_path}: payload {file} is not a regular file")
+    if os.path.getsize(file) != size:
+        raise ValueError(f"{manifest_path}: payload {file} has {os.path.getsize(file)} bytes, payload_nbytes says "
+                         f"{size}")
+    with open(file, "rb") as f:
+        payload = f.read(size + 1)
+    if len(payload) != size:
+        raise ValueError(f"{manifest_path}: payload {file} changed while being read")
+    want = manifest.get("payload_sha256")
+    if want is not None and hashlib.sha256(payload).hexdigest() != want:
+        raise ValueError(f"{manifest_path}: payload {file} does not match payload_sha256 (corrupt or altered)")
+    return payload
+
+
+def check_entry(entry: dict, payload_nbytes: int, where: str) -> None:
+    """Raise ``ValueError`` unless a manifest tensor entry decodes inside a payload of ``payload_nbytes``."""
+    for key, kind in (("role", str), ("dtype", str), ("shape", list), ("segments", dict)):
+        _field(entry, key, kind, where)
+    shape = entry["shape"]
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"{where}: shape={shape!r} must be non-negative integers")
+    count = int(np.prod(shape, dtype=np.int64))
+    for name, seg in entry["segments"].items():
+        w = f"{where}.segments.{name}"
+        off, nb, sshape = (_field(seg, k, t, w) for k, t in (("offset", int), ("nbytes", int), ("shape", list)))
+        if off < 0 or nb < 0 or off + nb > payload_nbytes:
+            raise ValueError(f"{w}: offset={off}, nbytes={nb} lie outside the {payload_nbytes}-byte payload")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in sshape):
+            raise ValueError(f"{w}: shape={sshape!r} must be non-negative integers")
+        if name == "codes":
+            bits = _field(entry, "storage_bits", int, where)
+            if not 1 <= bits <= 32:
+                raise ValueError(f"{where}: storage_bits={bits} must be in 1..32")
+            if sshape != shape or nb * 8 < count * bits:
+                raise ValueError(f"{w}: {nb} bytes cannot hold {count} codes of {bits} bits (shape {sshape})")
+            if entry["dtype"] not in ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64"):
+                raise ValueError(f"{where}: dtype={entry['dtype']!r} is not an integer code type")
+            _field(entry, "min_code", int, where)
+            if not 1 <= _field(entry, "bits", int, where) <= 32:
+                raise ValueError(f"{where}: bits={entry['bits']} must be in 1..32")
+            if "codebook" not in entry["segments"] and not isinstance(entry.get("signed"), bool):
+                raise ValueError(f"{where}: signed={entry.get('signed')!r} is not a bool")
+        elif nb < 4 * int(np.prod(sshape, dtype=np.int64)):
+            raise ValueError(f"{w}: {nb} bytes cannot hold float32 values of shape {sshape}")
+    need = ("values",) if entry["dtype"] == "float32" else ("codes",)
+    missing = [n for n in need if n not in entry["segments"]]
+    if missing or (entry["dtype"] == "float32" and entry["segments"]["values"]["shape"] != shape):
+        raise ValueError(f"{where}: segments {sorted(entry['segments'])} do not describe a {entry['dtype']} tensor of "
+                         f"shape {shape}")
 
 
 def _decode(entry: dict, payload: bytes) -> dict:
