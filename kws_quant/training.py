@@ -131,6 +131,31 @@ def _flatten(d, prefix=""):
     return out
 
 
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop at the first batch whose loss is NaN/inf, naming the phase, epoch and batch. It raises (Keras'
+    ``TerminateOnNaN`` only ends ``fit`` quietly, and the run would go on to report and export a broken model); the
+    batch's weights are never saved, so the phase's backup keeps its last completed epoch."""
+
+    def __init__(self, phase: str, backup_dir: str):
+        super().__init__()
+        self.phase, self.backup_dir, self.epoch = phase, backup_dir, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"phase {self.phase!r}: the training loss became {float(loss)} at epoch {self.epoch + 1}, batch "
+                f"{batch + 1}; stopped before saving it (the last completed epoch stays in {self.backup_dir}). "
+                "Lower the learning rate or check the data.")
+
+
 def resumable_fit(model: keras.Model, run: RunDir, phase: str, train_ds, epochs: int, validation_data=None,
                   callbacks=(), verbose: int = 1, save_every_steps: int | None = None) -> dict:
     """``model.fit`` that resumes after a kill, logs to CSV and TensorBoard, then saves ``<phase>/model.keras``.
@@ -142,7 +167,7 @@ def resumable_fit(model: keras.Model, run: RunDir, phase: str, train_ds, epochs:
     backup = keras.callbacks.BackupAndRestore(os.path.join(d, "backup"), double_checkpoint=True,
                                               save_freq=save_every_steps or "epoch", delete_checkpoint=True)
     csv_path = os.path.join(d, "history.csv")
-    cbs = [backup, *callbacks,
+    cbs = [backup, StopOnNonFiniteLoss(phase, os.path.join(d, "backup")), *callbacks,
            keras.callbacks.CSVLogger(csv_path, append=True),
            keras.callbacks.TensorBoard(os.path.join(d, "tensorboard"), write_graph=False)]
     start = time.perf_counter()

@@ -111,6 +111,18 @@ def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
+def test_diverging_training_stops_with_the_phase_and_epoch_named(tmp_path):
+    """A NaN loss ends the run with exit status 2 and one line naming phase, epoch and batch; nothing is reported,
+    exported or saved as a finished phase."""
+    out = run(tiny_args(tmp_path, "--config.train.learning_rate=1e30", "--config.train.jit_compile=False",
+                        float_epochs=2), timeout=600)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: phase 'float': the training loss became nan at epoch 1, batch"), last
+    assert not (tmp_path / "run" / "float" / "model.keras").exists()
+    assert not (tmp_path / "run" / "report").exists()
+
+
 def test_workdir_that_is_a_file_is_one_clear_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     out = run([sys.executable, "-m", "kws_quant.train", f"--workdir={tmp_path / 'afile'}"], timeout=120)
