@@ -69,6 +69,16 @@ def project_memory(model, preset="arm-neon", word_bits: int | None = None, packe
         warnings.warn(f"project_memory: {notes[-1]}", stacklevel=2)
     elif float_kernels:
         notes.append(f"float kernels counted at 32 bits: {', '.join(float_kernels)}")
+    # kernels that do not fit the preset's native (narrowest) width and take a wider one (nna-1bit: 8 bits)
+    native = min(preset.kernel_bits) if preset.kernel_bits is not None else None
+    widened = {f"{p.name}/{t.role}": f"{t.bits}->{t.storage_bits}" for p in plans for t in p.tensors
+               if native is not None and t.codes is not None and t.role.endswith("kernel") and t.storage_bits > native}
+    if widened:
+        by_change = {}
+        for name, change in widened.items():
+            by_change.setdefault(change, []).append(name.split("/")[0])
+        notes.append("; ".join(f"{c.split('->')[0]}-bit kernels stored in {c.split('->')[1]}-bit words, not the "
+                               f"preset's native {native} bits: {', '.join(names)}" for c, names in by_change.items()))
     rows = [_layer_row(p, preset.word_bits, activations) for p in plans]
     df = pd.DataFrame(rows, columns=COLUMNS)
     total = _total_row(df)
@@ -83,7 +93,8 @@ def project_memory(model, preset="arm-neon", word_bits: int | None = None, packe
         "peak_activation_layer": total["note"].removeprefix("peak activation: "),
         "stream_buffer_bytes": int(stream),
         "total_bytes": int(total["param_bytes"] + total["activation_bytes"] + stream),
-        "vs_float32": total["vs_float32"], "vs_int8": total["vs_int8"], "notes": notes}
+        "vs_float32": total["vs_float32"], "vs_int8": total["vs_int8"], "notes": notes,
+        "widened_kernels": widened, "native_kernel_bits": native}
     return df
 
 

@@ -83,7 +83,6 @@ def evaluate_model(name, model, streams, features, label_names, keyword_labels, 
     from eval.det import evaluate_keywords
     from eval.kws_streams import StreamScorer
     from eval.latency import detection_latencies, latency_summary
-    from eval.memory import project_memory
 
     scorer = StreamScorer(model, features, label_names, stream_cfg, runner=runner)
     start = time.perf_counter()
@@ -107,12 +106,24 @@ def evaluate_model(name, model, streams, features, label_names, keyword_labels, 
                             "threshold": op["threshold"], **latency_summary(found)})
     with warnings.catch_warnings():  # the float reference is expected to have no quantizers
         warnings.filterwarnings("ignore", message="project_memory: the model has no quantized layers")
-        memory = pd.DataFrame([{"model": name, "preset": p + ("+packed" if packed else ""),
-                                **{k: v for k, v in project_memory(model, p, packed=packed).attrs["summary"].items()
-                                   if k in ("param_bytes", "peak_activation_bytes", "stream_buffer_bytes",
-                                            "total_bytes", "vs_float32")}} for p, packed in PRESETS
+        memory = pd.DataFrame([memory_row(name, model, p, packed) for p, packed in PRESETS
                                if runner is None])  # an export's memory is its Keras model's row
     return ModelResult(name, curves, pd.DataFrame(rows), memory, scan, pd.DataFrame(latency))
+
+
+def memory_row(name, model, preset: str, packed) -> dict:
+    """One row of the memory table; ``fallback`` says which kernels the preset stores wider than their bits (a
+    4-bit model on ``nna-1bit`` keeps its 4-bit kernels in 8-bit words) — empty when none."""
+    from eval.memory import project_memory
+
+    summary = project_memory(model, preset, packed=packed).attrs["summary"]
+    widened = summary["widened_kernels"]
+    stored = sorted({int(c.split("->")[1]) for c in widened.values()})
+    return {"model": name, "preset": preset + ("+packed" if packed else ""),
+            **{k: summary[k] for k in ("param_bytes", "peak_activation_bytes", "stream_buffer_bytes", "total_bytes",
+                                       "vs_float32")},
+            "fallback": (f"{len(widened)} kernels in {'/'.join(map(str, stored))}-bit words "
+                         f"(native {summary['native_kernel_bits']})" if widened else "")}
 
 
 def relative_to_float(points: pd.DataFrame, reference: str = "float") -> pd.DataFrame:

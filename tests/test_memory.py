@@ -184,3 +184,23 @@ def test_unsupported_models_raise():
     with pytest.raises(ValueError, match=r"layer 'd' input has shape \(None, 4\) with an unknown dimension"):
         project_memory(model)
     assert np.isnan(rows(project_memory(two_dense())).loc["act", "vs_int8"])  # no parameters: no ratio
+
+
+def test_preset_fallback_is_said_not_silent():
+    """A 4-bit model on nna-1bit keeps its 4-bit kernels in 8-bit words: the projection and the report row say
+    which, instead of a bare 3.96x."""
+    from eval.report import memory_row
+    from kws_quant.models import KWSModelConfig, build_kws_model
+
+    cfg = KWSModelConfig(window_frames=20, n_mels=8, hidden=(16, 16))
+    tanh4, tanh1 = build_kws_model(cfg, 3, "tanh4"), build_kws_model(cfg, 3, "tanh1")
+    s = project_memory(tanh4, "nna-1bit").attrs["summary"]
+    assert s["widened_kernels"] == {f"{n}/kernel": "4->8" for n in ("dense_in", "dense_1", "dense_out")}
+    assert any("4-bit kernels stored in 8-bit words, not the preset's native 1 bits: dense_in, dense_1, dense_out"
+               in n for n in s["notes"])
+    assert memory_row("tanh4", tanh4, "nna-1bit", None)["fallback"] == "3 kernels in 8-bit words (native 1)"
+    tanh8 = build_kws_model(cfg, 3, "tanh8")
+    assert memory_row("tanh8", tanh8, "nna-5bit", None)["fallback"] == "3 kernels in 8-bit words (native 5)"
+    for model, preset in ((tanh4, "nna-5bit"), (tanh4, "arm-neon"), (tanh1, "nna-1bit")):
+        assert project_memory(model, preset).attrs["summary"]["widened_kernels"] == {}
+        assert memory_row("m", model, preset, None)["fallback"] == ""
