@@ -165,8 +165,9 @@ def model_config(cfg: dict) -> RNNTConfig:
                                                            for k, v in m.items()})
 
 
-def prepare_data(cfg: dict, manifest=None) -> ASRData:
-    """Datasets for ``cfg`` (its model's time reductions set the targets' logit lengths); ``manifest``: reuse one."""
+def prepare_data(cfg: dict, manifest=None, training: bool = True) -> ASRData:
+    """Datasets for ``cfg`` (its model's time reductions set the targets' logit lengths); ``manifest``: reuse one.
+    ``training=False``: only the test split is needed (evaluating a finished run; ``train`` is then ``None``)."""
     manifest = load_manifest(cfg) if manifest is None else manifest
     vocab = CharVocabulary()
     feats = FeatureConfig(**cfg["features"])
@@ -179,10 +180,12 @@ def prepare_data(cfg: dict, manifest=None) -> ASRData:
                   reduction_factors=mcfg.reduction_factors, seed=cfg["seed"], cmvn=d["cmvn"], assembler=assembler,
                   dynamic_range_db=d["dynamic_range_db"] or None,
                   num_buckets=d["buckets"])
-    for split in ("train", "test"):  # every split the phases need must exist (validation is optional)
+    for split in ("train", "test") if training else ("test",):  # splits the phases need (validation: optional)
         if not (manifest["split"] == split).any():
             raise ValueError(f"the {d['source']} data has no {split} utterances; splits found: "
                              f"{sorted(manifest['split'].unique())}")
+    if not training:
+        return ASRData(manifest, vocab, feats, mcfg, None, None, 0, ad.split_summary(manifest), common)
     train = ad.make_asr_dataset(manifest, "train", augment=augment, **common)
     validation = ad.make_asr_dataset(manifest, "validation", **common) \
         if (manifest["split"] == "validation").any() else None

@@ -446,9 +446,9 @@ def run_labels(paths: dict, default):
 
 def note_resampling(paths, sample_rate: int) -> list[int]:
     """Print (and return) the sample rates of ``paths`` that differ from the run's: that audio is resampled."""
-    import soundfile as sf
+    from kws_quant.data import other_sample_rates
 
-    rates = sorted({sf.info(p).samplerate for p in paths if os.path.isfile(p)} - {int(sample_rate)})
+    rates = other_sample_rates(paths, sample_rate)
     if rates:
         print(f"note: audio at {', '.join(map(str, rates))} Hz is resampled to the run's {sample_rate} Hz")
     return rates

@@ -68,3 +68,44 @@ def test_bad_input_gives_one_line_errors(tmp_path):
 
     out = run([f"--workdir={tmp_path / 'run2'}", "--config.data.sorce=fsdd"])
     assert out.returncode == 2 and "unknown config key" in out.stderr and "Traceback" not in out.stderr
+
+
+def _libri(root, speakers, rate=8000, seconds=0.6):
+    """A LibriSpeech-style tree: <speaker>/<chapter>/<speaker>-<chapter>.trans.txt and FLAC files."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for s in speakers:
+        folder = root / s / "1"
+        folder.mkdir(parents=True)
+        lines = []
+        for n, text in enumerate(["one two", "three", "four five"]):
+            utt = f"{s}-1-{n:04d}"
+            sf.write(folder / f"{utt}.flac", (0.2 * rng.standard_normal(int(seconds * rate))).astype("float32"), rate)
+            lines.append(f"{utt} {text.upper()}")
+        (folder / f"{s}-1.trans.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_evaluate_a_finished_run_on_another_folder(tmp_path):
+    """asr_ext.evaluate: a run's models decode every utterance of a user's folder (16 kHz audio resampled to the
+    run's 8 kHz, and said); bad folders get one clear line."""
+    _libri(tmp_path / "libri", ["11", "12", "13", "14", "15"])
+    args = [f"--workdir={tmp_path / 'run'}", "--config.data.source=librispeech", f"--data_dir={tmp_path / 'libri'}",
+            "--config.data.librispeech.fractions=(0.6,0.2,0.2)", *tiny_args(tmp_path)[1:], "--config.qat.recipes=()"]
+    out = run(args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _libri(tmp_path / "mine", ["21", "22"], rate=16000)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-m", "asr_ext.evaluate", f"--run_dir={tmp_path / 'run'}"]
+    out = subprocess.run(cmd + [f"--data_dir={tmp_path / 'mine'}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "audio at 16000 Hz is resampled to the run's 8000 Hz" in out.stdout and "| float |" in out.stdout
+    metrics = json.load(open(tmp_path / "run" / "eval_mine" / "metrics.json"))
+    assert metrics["data"]["utterances"] == 6 and metrics["float"]["test_utterances"] == 6
+    hyps = (tmp_path / "run" / "eval_mine" / "float" / "test_hypotheses.tsv").read_text().splitlines()
+    assert len(hyps) == 7 and hyps[1].split("\t")[1] in ("one two", "three", "four five")
+    for bad, message in ((tmp_path / "nope", "does not exist"), (tmp_path / "run", "no *.trans.txt")):
+        out = subprocess.run(cmd + [f"--data_dir={bad}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             env=env)
+        assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]

@@ -13,6 +13,7 @@ from kws_quant.data.audio import (
     load_audio,
     load_audio_files,
     summarize_bad_files,
+    other_sample_rates,
     to_mono_rate,
     trim_silence,
     write_wav,
@@ -62,5 +63,5 @@ __all__ = [
     "find_bad_files", "fit_length", "keyword_label", "label_indices", "list_voices", "load_audio", "load_audio_files",
     "make_dataset", "mix_at_snr", "power", "random_gain", "random_segment", "read_csv_manifest", "read_fsdd",
     "read_audio_folder", "read_speech_commands", "read_sphinx", "read_wakeword_corpus", "corpus_layout", "relabel_unknown", "spec_augment", "speech_commands_speaker", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
-    "to_mono_rate", "trim_silence", "validate_manifest", "write_wav",
+    "other_sample_rates", "to_mono_rate", "trim_silence", "validate_manifest", "write_wav",
 ]

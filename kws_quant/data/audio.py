@@ -106,6 +106,11 @@ def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
         f.writeframes(pcm.tobytes())
 
 
+def other_sample_rates(paths: Iterable[str], sample_rate: int) -> list[int]:
+    """The sample rates (from the headers) of ``paths`` other than ``sample_rate``: audio that will be resampled."""
+    return sorted({sf.info(p).samplerate for p in paths if os.path.isfile(p)} - {int(sample_rate)})
+
+
 def trim_silence(audio: np.ndarray, top_db: float = 40.0) -> np.ndarray:
     """``audio`` without its leading and trailing samples quieter than ``top_db`` below its peak (an all-zero clip is
     returned whole): puts a recording's speech where its clip's time axis says it is."""
