@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from kws_quant.export.tflite import make_interpreter, run_tflite
+from kws_quant.models.streaming import stream_features
 
 
 class LiteRTStreamingRunner:
@@ -32,12 +33,7 @@ class LiteRTStreamingRunner:
     def posteriors(self, features: np.ndarray) -> np.ndarray:
         """Class posteriors (softmax of the dequantized logits) ``[num_windows, classes]``; window ``i`` ends at
         frame ``i * hop + window - 1`` (a stream shorter than a window is front-padded with its minimum)."""
-        feats = np.asarray(features, np.float32)
-        if feats.ndim != 2 or feats.shape[1] != self.n_mels:
-            raise ValueError(f"features must have shape [frames, {self.n_mels}], got {feats.shape}")
-        if len(feats) < self.window:
-            feats = np.concatenate([np.full((self.window - len(feats), self.n_mels), feats.min(initial=0.0),
-                                            np.float32), feats])
+        feats = stream_features(features, self.window, self.n_mels)
         windows = np.lib.stride_tricks.sliding_window_view(feats, self.window, axis=0)[::self.hop]  # [n, mels, win]
         out = []
         for start in range(0, len(windows), self.chunk):

@@ -5,6 +5,17 @@ import numpy as np
 import tensorflow as tf
 
 
+def stream_features(features, window: int, n_mels: int) -> np.ndarray:
+    """float32 ``[frames, n_mels]`` checked, and front-padded with its minimum to one ``window`` when shorter: what
+    every window runner slides over."""
+    feats = np.asarray(features, np.float32)
+    if feats.ndim != 2 or feats.shape[1] != n_mels:
+        raise ValueError(f"features must have shape [frames, {n_mels}], got {feats.shape}")
+    if len(feats) < window:
+        feats = np.concatenate([np.full((window - len(feats), n_mels), feats.min(initial=0.0), np.float32), feats])
+    return feats
+
+
 class StreamingRunner:
     """Slide ``model`` over ``[frames, n_mels]`` feature streams at a hop of ``hop_frames``.
 
@@ -34,12 +45,7 @@ class StreamingRunner:
     def posteriors(self, features: np.ndarray) -> np.ndarray:
         """Class posteriors ``[num_windows, classes]`` of one stream; window ``i`` ends at frame
         ``i * hop + window - 1``. A stream shorter than one window is zero-padded at the front to one window."""
-        feats = np.asarray(features, np.float32)
-        if feats.ndim != 2 or feats.shape[1] != self.n_mels:
-            raise ValueError(f"features must have shape [frames, {self.n_mels}], got {feats.shape}")
-        if len(feats) < self.window:
-            feats = np.concatenate([np.full((self.window - len(feats), self.n_mels), feats.min(initial=0.0),
-                                            np.float32), feats])
+        feats = stream_features(features, self.window, self.n_mels)
         num = (len(feats) - self.window) // self.hop + 1
         out = []
         span = (self.batch_size - 1) * self.hop + self.window
