@@ -181,10 +181,10 @@ def evaluate(model, data: KWSData) -> dict:
     never seen in training) the top-1 accuracy with its 95 % interval and the confusion matrix."""
     from eval.classification import classification_metrics
 
-    out = {}
-    for split, dataset in (("validation", data.validation), ("test", data.test)):
-        logits, labels = predict(model, dataset)
-        out[f"{split}_classification"] = classification_metrics(labels, logits, len(data.label_names))
+    scored = {"validation": predict(model, data.validation), "test": predict(model, data.test)}
+    out = {f"{split}_classification": classification_metrics(labels, logits, len(data.label_names))
+           for split, (logits, labels) in scored.items()}
+    logits, labels = scored["test"]
     pred = logits.argmax(1)
     kw = np.isin(labels, [data.label_names.index(k) for k in data.keyword_labels])
     hit = pred == labels
