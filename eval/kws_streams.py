@@ -95,6 +95,8 @@ def plan_streams(manifest, split: str, keyword_labels, sample_rate: int, cfg: St
     events and its noise bed. Deterministic for ``cfg.seed``.
     """
     rows = manifest[manifest["split"] == split]
+    if "start_s" in rows:  # excerpts of noise recordings (silence cut from _background_noise_): the beds cover that
+        rows = rows[rows["start_s"].isna()]
     if rows.empty:
         raise ValueError(f"no clips in the {split!r} split to build test streams from")
     rng = np.random.default_rng(cfg.seed)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import tensorflow as tf
 
 from kws_quant.data import (
     AudioFileError,
@@ -69,7 +70,7 @@ def speech_commands(tmp_path):
 
 
 def test_speech_commands_reader(speech_commands):
-    manifest, noise = read_speech_commands(str(speech_commands))
+    manifest, noise = read_speech_commands(str(speech_commands), silence_fraction=0)
     assert list(manifest.columns[:4]) == ["path", "label", "speaker", "split"]
     assert len(manifest) == 14 and sorted(manifest["label"].unique()) == ["no", "up", "yes"]
     assert noise == [str(speech_commands / "_background_noise_" / "white.wav")]
@@ -77,6 +78,30 @@ def test_speech_commands_reader(speech_commands):
     assert set(manifest[manifest.split == "test"].speaker) == {"dd44"}
     assert manifest.split.value_counts().to_dict() == {"train": 8, "validation": 4, "test": 2}
     assert all(os.path.isabs(p) and os.path.isfile(p) for p in manifest.path)
+
+
+def test_full_dataset_layout_cuts_silence_from_background_noise(speech_commands):
+    """The full dataset has no _silence_ folder: 10 % silence clips per split are cut from _background_noise_, and
+    the pipeline reads exactly that excerpt."""
+    noise = np.random.default_rng(1).uniform(-.1, .1, 3 * 16000).astype(np.float32)
+    write(str(speech_commands / "_background_noise_" / "white.wav"), noise)
+    for n in range(30):  # enough clips for silence in every split
+        write(str(speech_commands / "up" / f"ff{n:02d}_nohash_0.wav"), tone(0.3))
+    manifest, _ = read_speech_commands(str(speech_commands), seed=0)
+    silence = manifest[manifest["label"] == "_silence_"]
+    words = manifest[manifest["label"] != "_silence_"]
+    for split, count in words["split"].value_counts().items():
+        assert (silence["split"] == split).sum() == round(0.1 * count)
+    assert silence["start_s"].between(0, 2.0).all() and words["start_s"].isna().all()
+    check_speaker_disjoint(manifest)
+    again, _ = read_speech_commands(str(speech_commands), seed=0)
+    assert again.equals(manifest)
+    row = silence.iloc[[0]]
+    clip = next(iter(make_dataset(row, row["split"].iloc[0], ["_silence_"], batch_size=1)))[0].numpy()[0]
+    first = int(round(row["start_s"].iloc[0] * 16000))
+    pcm = load_audio(row["path"].iloc[0], 16000)  # the 16-bit file's values
+    expected = logmel_tf(tf.constant(pcm[first:first + 16000][None]), FeatureConfig()).numpy()[0]
+    np.testing.assert_allclose(clip, expected, atol=1e-4)  # that excerpt (batched vs single STFT: float noise)
 
 
 def test_speech_commands_without_lists_gets_speaker_disjoint_split(speech_commands):

@@ -19,10 +19,9 @@ import pandas as pd
 import tensorflow as tf
 
 from kws_quant.data.audio import find_bad_files, fit_length, load_audio, load_audio_files, trim_silence
-from kws_quant.data.manifest import SILENCE_LABEL
 from kws_quant.data.augmentation import AugmentConfig
 from kws_quant.data.augmentation import augment as augment_clip
-from kws_quant.data.manifest import SPLITS
+from kws_quant.data.manifest import SILENCE_LABEL, SPLITS
 from kws_quant.data.spec_augment import SpecAugmentConfig, spec_augment
 from kws_quant.features import FeatureConfig, logmel_tf, mel_matrix
 
@@ -62,7 +61,8 @@ def make_dataset(
     """Batches of ``(features float32 [B, frames, n_mels], label index int32 [B])`` for one split.
 
     Args:
-        manifest: columns ``path, label, split`` (see :mod:`kws_quant.data.manifest`).
+        manifest: columns ``path, label, split`` (see :mod:`kws_quant.data.manifest`); an optional ``start_s``
+            column takes a clip from that second of its file (NaN: the whole file).
         split: which rows to use, one of ``train, validation, test``.
         label_names: label order; index ``i`` is ``label_names[i]``.
         feature_cfg: front end; its ``sample_rate`` is the rate audio is resampled to.
@@ -89,10 +89,13 @@ def make_dataset(
         raise ValueError(f"no rows with split={split!r}; splits present: {sorted(manifest['split'].unique())}")
     labels = label_indices(rows, label_names)
     paths = rows["path"].astype(str).to_numpy()
+    # an excerpt of a longer file (silence cut from a noise recording): its start second; -1: the whole file
+    starts = (rows["start_s"].astype(float).fillna(-1.0) if "start_s" in rows else pd.Series(-1.0, rows.index))
+    starts = starts.to_numpy(np.float32)
     bad = {b.path for b in find_bad_files(list(dict.fromkeys(paths)), skip_bad_files)}  # repeated rows: once
     if bad:
         keep = np.array([p not in bad for p in paths])
-        paths, labels = paths[keep], labels[keep]
+        paths, labels, starts = paths[keep], labels[keep], starts[keep]
         if not len(paths):
             raise ValueError(f"split={split!r}: every file is bad")
     sample_rate = feature_cfg.sample_rate
@@ -110,25 +113,28 @@ def make_dataset(
 
     silence = list(label_names).index(SILENCE_LABEL) if SILENCE_LABEL in label_names else -1
 
-    def decode(path, label, fixed_length):
-        def load(p, index):
+    def decode(path, label, start, fixed_length):
+        def load(p, index, start_s):
             audio = load_audio(p.decode(), sample_rate)
+            if start_s >= 0:
+                first = int(round(float(start_s) * sample_rate))
+                audio = audio[first:first + num_samples]
             if trim_db > 0 and index != silence:
                 audio = trim_silence(audio, trim_db)
             return fit_length(audio, num_samples) if fixed_length else audio
-        audio = tf.numpy_function(load, [path, label], tf.float32, stateful=False)
+        audio = tf.numpy_function(load, [path, label, start], tf.float32, stateful=False)
         audio.set_shape([num_samples] if fixed_length else [None])
         return audio, label
 
-    def decode_clip(path, label):
-        return decode(path, label, True)
+    def decode_clip(path, label, start):
+        return decode(path, label, start, True)
 
-    def decode_whole(path, label):
-        return decode(path, label, False)
+    def decode_whole(path, label, start):
+        return decode(path, label, start, False)
 
     if shuffle is None:
         shuffle = split == "train"
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels, starts))
     if augment is None:
         # unbatch loses the cardinality; Keras would then learn an epoch's length by running out of data (and warn)
         ds = ds.map(decode_clip, num_parallel_calls=autotune).batch(64).map(features).unbatch().apply(

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 
-from kws_quant.data.manifest import COLUMNS, assign_speaker_splits, validate_manifest
+from kws_quant.data.manifest import COLUMNS, SILENCE_LABEL, assign_speaker_splits, validate_manifest
 
 BACKGROUND_NOISE_DIR = "_background_noise_"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -45,7 +46,7 @@ def speech_commands_speaker(file_name: str) -> str:
 
 def read_speech_commands(
     root: str, label_names: Iterable[str] | None = None, seed: int = 0,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    fractions: Sequence[float] = (0.8, 0.1, 0.1), silence_fraction: float = 0.1,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Read a Google Speech Commands tree: the full dataset or the canonical 12-class test archive.
 
@@ -59,6 +60,9 @@ def read_speech_commands(
     Args:
         label_names: if given, a label folder not in it raises ``ValueError``.
         fractions: (train, validation, test) shares of the files when there are no list files.
+        silence_fraction: a tree without a ``_silence_`` folder (the full dataset) gets this many ``_silence_`` clips
+            per clip of each split, cut from ``_background_noise_`` (:func:`silence_from_noise`, rows with a
+            ``start_s`` column).
     Returns:
         (manifest, background noise paths from ``root/_background_noise_/``, sorted).
     """
@@ -94,7 +98,27 @@ def read_speech_commands(
     noise_dir = os.path.join(root, BACKGROUND_NOISE_DIR)
     noise = sorted(os.path.join(noise_dir, n) for n in os.listdir(noise_dir) if n.lower().endswith(".wav")) \
         if os.path.isdir(noise_dir) else []
+    if SILENCE_LABEL not in set(manifest["label"]) and noise and silence_fraction > 0:
+        manifest = pd.concat([manifest, silence_from_noise(manifest, noise, silence_fraction, seed)],
+                             ignore_index=True)
     return _validate(manifest, label_names, source=root, speaker_disjoint=disjoint), noise
+
+
+def silence_from_noise(manifest: pd.DataFrame, noise_paths, fraction: float, seed: int = 0,
+                       clip_seconds: float = 1.0) -> pd.DataFrame:
+    """``_silence_`` rows cut from background-noise recordings, as the full Speech Commands dataset's recipe does (it
+    has no silence folder): per split, ``fraction`` × that split's clips, each a ``clip_seconds`` excerpt
+    (``start_s``) of a noise file at a random offset; deterministic for ``seed``. Each row is its own speaker."""
+    rng = np.random.default_rng(seed)
+    lengths = [sf.info(p).duration for p in noise_paths]
+    rows = []
+    for split, count in manifest["split"].value_counts().sort_index().items():
+        for k in range(int(round(fraction * count))):
+            pick = int(rng.integers(len(noise_paths)))
+            start = float(rng.uniform(0.0, max(lengths[pick] - clip_seconds, 0.0)))
+            rows.append({"path": noise_paths[pick], "label": SILENCE_LABEL, "speaker": f"{SILENCE_LABEL}/{split}{k}",
+                         "split": split, "start_s": round(start, 3)})
+    return pd.DataFrame(rows, columns=["path", "label", "speaker", "split", "start_s"])
 
 
 def _read_split_list(list_path: str, root: str) -> set[str]:
