@@ -34,13 +34,11 @@ def folder_config(run_dir: str, data_dir: str) -> dict:
         raise FileNotFoundError(f"{run_dir} is not an asr_ext run directory: no config.json")
     with open(path, encoding="utf-8") as f:
         cfg = merged(asr_config().to_dict(), json.load(f))
-    if not os.path.exists(data_dir):
-        raise FileNotFoundError(f"--data_dir: {data_dir} does not exist")
-    if cfg["data"]["source"] == "synthetic":
-        raise ValueError("this run trained on the built-in synthetic corpus: --data_dir needs a run of a real layout "
-                         "(config.data.source fsdd, librispeech or sphinx)")
+    from kws_quant.data import require_evaluation_folder
+
+    folder = require_evaluation_folder(data_dir, cfg["data"]["source"])
     cfg = copy.deepcopy(cfg)
-    cfg["data"]["data_dir"] = os.path.abspath(data_dir)
+    cfg["data"]["data_dir"] = folder
     return cfg
 
 

@@ -423,13 +423,11 @@ def folder_config(cfg: dict, data_dir: str) -> dict:
     resampling of the splits (no held-out fraction, no oversampling)."""
     import copy
 
-    if not os.path.exists(data_dir):
-        raise FileNotFoundError(f"--data_dir: {data_dir} does not exist")
-    if cfg["data"]["source"] == "synthetic":
-        raise ValueError("this run trained on the built-in synthetic corpus: give --data_dir a folder of a real "
-                         "layout only for runs of that layout (config.data.source)")
+    from kws_quant.data import require_evaluation_folder
+
+    folder = require_evaluation_folder(data_dir, cfg["data"]["source"])
     cfg = copy.deepcopy(cfg)
-    cfg["data"].update(data_dir=os.path.abspath(data_dir), validation_fraction=0.0, keyword_oversample=1,
+    cfg["data"].update(data_dir=folder, validation_fraction=0.0, keyword_oversample=1,
                        validation_speakers=(), test_speakers=())
     return cfg
 

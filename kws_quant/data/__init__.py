@@ -49,6 +49,7 @@ from kws_quant.data.readers import (
     read_audio_folder,
     read_speech_commands,
     read_sphinx,
+    require_evaluation_folder,
     speech_commands_speaker,
 )
 from kws_quant.data.wakeword import corpus_layout, read_wakeword_corpus
@@ -62,6 +63,6 @@ __all__ = [
     "check_audio_file", "check_speaker_disjoint", "check_voice", "coloured_noise", "default_cache_dir",
     "find_bad_files", "fit_length", "keyword_label", "label_indices", "list_voices", "load_audio", "load_audio_files",
     "make_dataset", "mix_at_snr", "power", "random_gain", "random_segment", "read_csv_manifest", "read_fsdd",
-    "read_audio_folder", "read_speech_commands", "read_sphinx", "read_wakeword_corpus", "corpus_layout", "relabel_unknown", "spec_augment", "speech_commands_speaker", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
+    "read_audio_folder", "read_speech_commands", "read_sphinx", "read_wakeword_corpus", "corpus_layout", "relabel_unknown", "require_evaluation_folder", "spec_augment", "speech_commands_speaker", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",
     "other_sample_rates", "to_mono_rate", "trim_silence", "validate_manifest", "write_wav",
 ]

@@ -32,6 +32,18 @@ def _require_dir(root: str, what: str) -> str:
     return root
 
 
+def require_evaluation_folder(data_dir: str, source: str) -> str:
+    """``data_dir`` as an absolute path, for scoring a finished run on another folder of its layout (``source``:
+    the run's ``config.data.source``). Raises ``FileNotFoundError`` if it does not exist and ``ValueError`` for a run
+    trained on the built-in synthetic corpus, which has no folder layout."""
+    if not os.path.exists(data_dir):
+        raise FileNotFoundError(f"--data_dir: {data_dir} does not exist")
+    if source == "synthetic":
+        raise ValueError("this run trained on the built-in synthetic corpus: --data_dir needs a run of a real layout "
+                         "(its config.data.source names the folder layout it reads)")
+    return os.path.abspath(data_dir)
+
+
 def speech_commands_speaker(file_name: str) -> str:
     """Speaker id of a Speech Commands file name: the hash before ``_nohash_``.
 
