@@ -101,7 +101,7 @@ def test_full_dataset_layout_cuts_silence_from_background_noise(speech_commands)
     first = int(round(row["start_s"].iloc[0] * 16000))
     pcm = load_audio(row["path"].iloc[0], 16000)  # the 16-bit file's values
     expected = logmel_tf(tf.constant(pcm[first:first + 16000][None]), FeatureConfig()).numpy()[0]
-    np.testing.assert_allclose(clip, expected, atol=1e-2)  # that excerpt (another offset differs by ~1); batched vs single STFT
+    np.testing.assert_allclose(clip, expected, atol=1e-2)  # that excerpt: another offset differs by ~1
 
 
 def test_speech_commands_without_lists_gets_speaker_disjoint_split(speech_commands):
