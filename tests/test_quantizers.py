@@ -1,6 +1,8 @@
 """Quantizer properties from METHODS §1-2 and the registry contract."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import tensorflow as tf
 
 from kws_quant import quantizers as qz
@@ -253,3 +255,44 @@ def test_register_quantizer_extends_registry_and_rejects_duplicates():
         @qz.register_quantizer(name="tanh")
         class Other(SignQuantizer):
             pass
+
+
+# -- hostile specs: refused with a ValueError naming the argument, never evaluated ------------------------------
+@pytest.mark.parametrize("spec, message", [
+    ("tanh(bits=4, bits=5)", "argument 'bits' is given twice"),
+    ("tanh(per_channel='no')", "per_channel='no' is not allowed; allowed: True or False"),
+    ("tanh(output_scale=1e999)", "output_scale=inf is not a finite number"),
+    ("tanh(bits={[1]: 2})", "the value of 'bits' is not a literal"),
+    ("tanh(bits=" + "1" * 100_000 + ")", "longer than 2000"),
+    ("tanh(bits=4)\x00", "cannot parse quantizer spec"),
+    ("__import__('os').system('true')", "cannot parse quantizer spec"),
+    ({"name": "tanh", "bits": [1, "a"]}, "bits=\[1, .a.\] is not allowed: not a sequence of numbers"),
+    ({"name": "tanh", "per_channel": 1}, "per_channel=1 is not allowed"),
+])
+def test_hostile_specs_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        qz.get(spec)
+
+
+_SPEC_TEXT = st.one_of(
+    st.text(max_size=60),
+    st.builds(lambda name, items: f"{name}({', '.join(f'{k}={v}' for k, v in items)})",
+              st.sampled_from(["tanh", "linear", "Tanh", "nope", "__import__"]),
+              st.lists(st.tuples(st.sampled_from(["bits", "mode", "per_channel", "output_scale", "symmetric", "range",
+                                                  "ema_decay", "stage", "x"]),
+                                 st.sampled_from(["4", "1", "0", "-3", "9", "'symmetric'", "'dorefa'", "'max'", "True",
+                                                  "False", "None", "1e999", "0.5", "'ema'", "[1]", "{}", "(1,)",
+                                                  "'no'", "open('x')"])), max_size=4)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SPEC_TEXT)
+def test_fuzzed_spec_strings_give_a_quantizer_or_a_value_error(spec):
+    """Random and near-valid spec strings: a quantizer that round-trips through its repr, or a ValueError; never
+    another exception, never code run."""
+    try:
+        q = qz.get(spec)
+    except ValueError:
+        return
+    if q is not None:
+        assert qz.get(repr(q)) == q

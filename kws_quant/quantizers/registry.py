@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
+import numbers
 
 _REGISTRY: dict[str, type] = {}
 
@@ -42,22 +44,56 @@ def _lookup(name) -> type:
     return _REGISTRY[name.lower()]
 
 
+MAX_SPEC_CHARS = 2000
+"""Longer spec strings are refused before parsing (a spec is a name and a few literals)."""
+
+
 def _construct(name: str, kwargs: dict):
     cls = _lookup(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = [k for k in kwargs if k not in allowed]
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    unknown = [k for k in kwargs if k not in params]
     if unknown:
-        raise ValueError(f"unknown argument {unknown[0]!r} for quantizer {cls.name!r}; allowed: {', '.join(allowed)}")
+        raise ValueError(f"unknown argument {unknown[0]!r} for quantizer {cls.name!r}; allowed: {', '.join(params)}")
+    for key, value in kwargs.items():
+        _check_value(cls.name, key, value, params[key].default)
     return cls(**kwargs)
+
+
+def _check_value(name: str, key: str, value, default) -> None:
+    """Refuse what no quantizer argument is: a non-boolean where the default is a boolean (``per_channel='no'``
+    would be truthy), non-finite numbers, containers other than a flat list of numbers, huge strings."""
+    where = f"quantizer {name!r}: {key}={_short(value)}"
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ValueError(f"{where} is not allowed; allowed: True or False")
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
+        raise ValueError(f"{where} is not a finite number")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) > 2 ** 31:
+        raise ValueError(f"{where} is out of range")
+    if isinstance(value, str) and len(value) > 64:
+        raise ValueError(f"{where} is too long for an option name")
+    if isinstance(value, (list, tuple)):
+        if len(value) > 65536 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                                         for v in value):
+            raise ValueError(f"{where} is not allowed: not a sequence of numbers (finite, at most 65536)")
+    elif value is not None and not isinstance(value, (bool, numbers.Real, str)):
+        raise ValueError(f"{where} is not allowed; expected a number, a string, True/False or None")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _parse(spec: str) -> tuple[str, dict]:
     """``"name(k=v, ...)"`` → ``(name, {k: v})`` with literal values only."""
     text = spec.strip()
+    if len(text) > MAX_SPEC_CHARS:
+        raise ValueError(f"quantizer spec of {len(text)} characters is longer than {MAX_SPEC_CHARS}: {spec[:40]!r}...")
     try:
         node = ast.parse(text, mode="eval").body
-    except SyntaxError as e:
-        raise ValueError(f"cannot parse quantizer spec {spec!r}: {e.msg}; expected e.g. \"tanh(bits=4)\"") from None
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # ValueError: a NUL byte
+        raise ValueError(f"cannot parse quantizer spec {spec[:80]!r}: {getattr(e, 'msg', e)}; expected e.g. "
+                         "\"tanh(bits=4)\"") from None
     if isinstance(node, ast.Name):
         return node.id, {}
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
@@ -68,9 +104,11 @@ def _parse(spec: str) -> tuple[str, dict]:
     for kw in node.keywords:
         if kw.arg is None:
             raise ValueError(f"quantizer spec {spec!r}: '**' is not allowed; write key=value")
+        if kw.arg in kwargs:
+            raise ValueError(f"quantizer spec {spec!r}: argument {kw.arg!r} is given twice")
         try:
             kwargs[kw.arg] = ast.literal_eval(kw.value)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):  # TypeError: {[1]: 2}
             raise ValueError(f"quantizer spec {spec!r}: the value of {kw.arg!r} is not a literal "
                              f"(number, string, True/False/None)") from None
     return node.func.id, kwargs
