@@ -348,6 +348,8 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
     from kws_quant.features import FeatureConfig
     from kws_quant.kws_experiment import load_manifest
 
+    from eval.folder_eval import folder_clip_metrics, folder_config, note_resampling, run_labels
+
     cfg, paths = load_run(run_dir, names)
     r = cfg["report"]
     if data_dir is not None:
@@ -384,7 +386,7 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
     occurrences = sum(len(s.events) for s in streams)
     if occurrences == 0:
         raise ValueError("the test split has no keyword clips: nothing to detect")
-    results = []
+    results, models = [], {}
     for name, path in paths.items():
         labels_path = os.path.join(os.path.dirname(path), "labels.json")
         if os.path.isfile(labels_path):
@@ -393,7 +395,7 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
             if saved != label_names:
                 raise ValueError(f"model {name!r} was trained on labels {saved}, the other models and the data "
                                  f"have {label_names}: mismatched label sets")
-        model = load_kws_model(path, window, features.n_mels, len(label_names))
+        model = models[name] = load_kws_model(path, window, features.n_mels, len(label_names))
         results.append(evaluate_model(name, model, streams, features, label_names, keyword_labels, stream_cfg,
                                       thresholds, fa_targets, n_boot))
         int8 = os.path.join(os.path.dirname(path), "export", "int8.tflite")
@@ -406,7 +408,7 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
     metrics_path = os.path.join(run_dir, "metrics.json")
     clip = json.load(open(metrics_path, encoding="utf-8")) if os.path.isfile(metrics_path) else {}
     if data_dir is not None:  # this folder's clip metrics, not the training run's
-        clip = folder_clip_metrics(cfg, manifest, label_names, paths, window, features, skip_bad_files)
+        clip = folder_clip_metrics(cfg, manifest, label_names, models, features, skip_bad_files)
     info = {"streams": len(streams), "hours": sum(len(s.audio) / s.sample_rate for s in streams) / 3600,
             "occurrences": occurrences, "split": "test", "snr_db": stream_cfg.snr_db,
             "noise": ", ".join(os.path.basename(p) for p in stream_cfg.noise_paths) or "coloured noise",
@@ -416,56 +418,6 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
     return write_report(results, out_dir, title=title, command=command or
                         f"python -m eval.report --run_dir={run_dir}", streams_info=info, clip_metrics=clip,
                         label_names=label_names)
-
-
-def folder_config(cfg: dict, data_dir: str) -> dict:
-    """The run's config pointed at ``data_dir``: same source layout, features and labels, no training-time
-    resampling of the splits (no held-out fraction, no oversampling)."""
-    import copy
-
-    from kws_quant.data import require_evaluation_folder
-
-    folder = require_evaluation_folder(data_dir, cfg["data"]["source"])
-    cfg = copy.deepcopy(cfg)
-    cfg["data"].update(data_dir=folder, validation_fraction=0.0, keyword_oversample=1,
-                       validation_speakers=(), test_speakers=())
-    return cfg
-
-
-def run_labels(paths: dict, default):
-    """The label order the run's models were trained with (``<phase>/labels.json``), else ``default``."""
-    for path in paths.values():
-        labels_path = os.path.join(os.path.dirname(path), "labels.json")
-        if os.path.isfile(labels_path):
-            with open(labels_path, encoding="utf-8") as f:
-                return json.load(f)
-    return default
-
-
-def note_resampling(paths, sample_rate: int) -> list[int]:
-    """Print (and return) the sample rates of ``paths`` that differ from the run's: that audio is resampled."""
-    from kws_quant.data import other_sample_rates
-
-    rates = other_sample_rates(paths, sample_rate)
-    if rates:
-        print(f"note: audio at {', '.join(map(str, rates))} Hz is resampled to the run's {sample_rate} Hz")
-    return rates
-
-
-def folder_clip_metrics(cfg, manifest, label_names, paths, window, features, skip_bad_files) -> dict:
-    """``{phase: {"test_classification": ...}}`` of every model on every clip of ``manifest`` (the test split)."""
-    from eval.classification import classification_metrics
-    from kws_quant.data import make_dataset
-    from kws_quant.kws_experiment import predict
-
-    ds = make_dataset(manifest, "test", label_names, features, cfg["data"]["clip_seconds"],
-                      cfg["data"]["batch_size"], skip_bad_files=skip_bad_files, trim_db=cfg["data"]["trim_db"])
-    out = {}
-    for name, path in paths.items():
-        logits, labels = predict(load_kws_model(path, window, features.n_mels, len(label_names)), ds)
-        c = classification_metrics(labels, logits, len(label_names))
-        out[name] = {"test_classification": c, "test_accuracy": c["accuracy"], "test_clips": c["clips"]}
-    return out
 
 
 def main(argv):
