@@ -25,7 +25,7 @@ from asr_ext.rnnt_loss import RNNTLoss
 from asr_ext.text import CharVocabulary
 from kws_quant import qat
 from kws_quant.features import FeatureConfig
-from kws_quant.training import RunDir, make_strategy, resumable_fit
+from kws_quant.training import RunDir, check_training_config, make_strategy, resumable_fit
 
 FLOAT_PHASE = "float"
 SOURCES = ("synthetic", "fsdd", "librispeech", "sphinx")
@@ -145,18 +145,7 @@ def load_manifest(cfg: dict):
 
 def check_config(cfg: dict) -> None:
     """Refuse values that make no sense before anything runs (one error naming the key and value)."""
-    t, d = cfg["train"], cfg["data"]
-    for key in ("float_epochs", "stage1_epochs", "stage2_epochs", "other_float_epochs"):
-        v = t[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"config.train.{key}={v!r} must be an integer >= 0")
-    for key in ("learning_rate", "qat_learning_rate"):
-        v = t[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and v != float("inf")):
-            raise ValueError(f"config.train.{key}={v!r} must be a finite number > 0")
-    v = d["batch_size"]
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"config.data.batch_size={v!r} must be an integer > 0")
+    check_training_config(cfg, ("float_epochs", "stage1_epochs", "stage2_epochs", "other_float_epochs"))
 
 
 def model_config(cfg: dict) -> RNNTConfig:

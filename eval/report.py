@@ -48,7 +48,9 @@ def load_run(run_dir: str, names=None) -> tuple[dict, dict]:
 
     with open(cfg_path, encoding="utf-8") as f:
         cfg = merged(kws_config().to_dict(), json.load(f))  # keys added since the run keep their defaults
-    phases = (["float", *(f"ptq_{r}" for r in cfg["qat"].get("ptq_recipes", ())), *cfg["qat"]["recipes"]]
+    from kws_quant.kws_experiment import ptq_phase_name
+
+    phases = (["float", *map(ptq_phase_name, cfg["qat"].get("ptq_recipes", ())), *cfg["qat"]["recipes"]]
               if names is None else list(names))
     paths = {p: os.path.join(run_dir, p, "model.keras") for p in phases}
     missing = [p for p, path in paths.items() if not os.path.isfile(path)]

@@ -15,7 +15,8 @@ from kws_quant import data as kd
 from kws_quant import qat
 from kws_quant.features import FeatureConfig
 from kws_quant.models import KWSModelConfig, build_kws_model
-from kws_quant.training import RunDir, make_strategy, resumable_fit, transfer_weights, write_json
+from kws_quant.training import (RunDir, check_training_config, make_strategy, resumable_fit, transfer_weights,
+                                write_json)
 
 FLOAT_PHASE = "float"
 SOURCES = ("synthetic", "fsdd", "speech_commands", "wakeword", "csv")
@@ -38,23 +39,11 @@ class KWSData:
 
 def check_config(cfg: dict) -> None:
     """Refuse values that make no sense before anything runs (one error naming the key and value)."""
-    def need(ok, key, value, what):
-        if not ok:
-            raise ValueError(f"config.{key}={value!r} must be {what}")
-
-    def integer(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    t, d = cfg["train"], cfg["data"]
-    for key in ("float_epochs", "stage1_epochs", "stage2_epochs"):
-        need(integer(t[key]) and t[key] >= 0, f"train.{key}", t[key], "an integer >= 0")
-    for key in ("learning_rate", "qat_learning_rate"):
-        v = t[key]
-        need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
-             f"train.{key}", v, "a finite number > 0")
-    need(integer(d["batch_size"]) and d["batch_size"] > 0, "data.batch_size", d["batch_size"], "an integer > 0")
-    need(isinstance(d["clip_seconds"], (int, float)) and math.isfinite(d["clip_seconds"]) and d["clip_seconds"] > 0,
-         "data.clip_seconds", d["clip_seconds"], "a finite number of seconds > 0")
+    check_training_config(cfg)
+    d = cfg["data"]
+    c = d["clip_seconds"]
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 0):
+        raise ValueError(f"config.data.clip_seconds={c!r} must be a finite number of seconds > 0")
 
 
 def load_manifest(cfg: dict):

@@ -15,6 +15,7 @@ interrupted one from its last completed epoch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -129,6 +130,24 @@ def _flatten(d, prefix=""):
         else:
             out[key] = v
     return out
+
+
+def check_training_config(cfg: dict, epoch_keys=("float_epochs", "stage1_epochs", "stage2_epochs")) -> None:
+    """Refuse training values that make no sense before anything runs (one error naming the key and value): epochs
+    (``cfg["train"][k]`` for ``epoch_keys``) integers >= 0, learning rates finite and > 0, batch size > 0."""
+    def integer(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    t, d = cfg["train"], cfg["data"]
+    for key in epoch_keys:
+        if not (integer(t[key]) and t[key] >= 0):
+            raise ValueError(f"config.train.{key}={t[key]!r} must be an integer >= 0")
+    for key in ("learning_rate", "qat_learning_rate"):
+        v = t[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"config.train.{key}={v!r} must be a finite number > 0")
+    if not (integer(d["batch_size"]) and d["batch_size"] > 0):
+        raise ValueError(f"config.data.batch_size={d['batch_size']!r} must be an integer > 0")
 
 
 class TrainingDiverged(ValueError):
