@@ -35,7 +35,13 @@ def kws_config() -> ml_collections.ConfigDict:
     c.features = ml_collections.ConfigDict(dict(
         sample_rate=16000, n_mels=40, win_ms=25.0, hop_ms=10.0, n_fft=512, fmin=20.0, log_floor=1e-6))
 
-    c.model = ml_collections.ConfigDict(dict(arch="dnn", pool=2, hidden=(112, 112, 112), dropout=0.1))
+    c.model = ml_collections.ConfigDict(dict(  # kws_quant.models.KWSModelConfig
+        arch="dnn",                        # dnn (the paper's) | tdnn | dscnn | tcresnet | crnn (streaming zoo)
+        pool=2,                            # dnn: frames averaged before the first dense layer
+        hidden=(),                         # widths; () = the arch's default (dnn: 112, 112, 112; zoo: ARCH_DEFAULTS)
+        dropout=0.1,
+        kernel_size=0,                     # zoo: depthwise/stem taps; 0 = the arch's default
+        hop=2))                            # zoo: first conv's stride = frames per streaming step
 
     c.train = ml_collections.ConfigDict()
     c.train.float_epochs = 12

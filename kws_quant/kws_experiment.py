@@ -44,6 +44,19 @@ def check_config(cfg: dict) -> None:
     c = d["clip_seconds"]
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 0):
         raise ValueError(f"config.data.clip_seconds={c!r} must be a finite number of seconds > 0")
+    feats = FeatureConfig(**cfg["features"])
+    model_config(cfg, feats.num_frames(int(round(c * feats.sample_rate))), feats.n_mels)  # arch, widths, window
+
+
+def model_config(cfg: dict, window_frames: int, n_mels: int) -> KWSModelConfig:
+    """``config.model`` as a checked :class:`KWSModelConfig` (errors name ``config.model``)."""
+    m = cfg["model"]
+    try:
+        return KWSModelConfig(window_frames=window_frames, n_mels=n_mels, arch=m["arch"], pool=m["pool"],
+                              hidden=tuple(m["hidden"]), dropout=m["dropout"], kernel_size=m.get("kernel_size", 0),
+                              hop=m.get("hop", 2))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.model: {e}") from None
 
 
 def load_manifest(cfg: dict):
@@ -140,9 +153,7 @@ def prepare_data(cfg: dict, skip_bad_files: bool = False) -> KWSData:
 
 
 def build_model(cfg: dict, data: KWSData, recipe) -> keras.Model:
-    mcfg = KWSModelConfig(window_frames=data.window_frames, n_mels=data.features.n_mels, arch=cfg["model"]["arch"],
-                          pool=cfg["model"]["pool"], hidden=tuple(cfg["model"]["hidden"]),
-                          dropout=cfg["model"]["dropout"])
+    mcfg = model_config(cfg, data.window_frames, data.features.n_mels)
     return build_kws_model(mcfg, len(data.label_names), recipe, name=f"kws_{recipe}")
 
 

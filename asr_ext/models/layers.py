@@ -1,17 +1,15 @@
 """Small layers the RNN-T graph needs: time reduction, length bookkeeping and masking, the joint's broadcast sum,
 the prediction network's input, masked multi-head attention, positional encoding, GLU, and a quantized depthwise
-1-D convolution. All but ``QuantDepthwiseConv1D`` are weightless; every projection in the models is a quantized
-layer (``QuantDense``/``QuantConv1D``/``QuantLSTM``/``QuantDepthwiseConv1D``)."""
+1-D convolution. All are weightless; every projection in the models is a quantized layer of
+:mod:`kws_quant.layers` (``QuantDense``/``QuantConv1D``/``QuantLSTM``/``QuantDepthwiseConv1D``)."""
 from __future__ import annotations
 
 import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from kws_quant.layers.linear_ops import _QuantLinearOp
 
 _PKG = "asr_ext"
 
@@ -185,44 +183,3 @@ class MaskedSelfAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads}
-
-
-@keras.saving.register_keras_serializable(package=_PKG)
-class QuantDepthwiseConv1D(_QuantLinearOp):
-    """Depthwise 1-D convolution (one filter per channel, depth multiplier 1) with quantizers, ``channels_last``.
-
-    Input ``[B, T, C]`` → ``[B, T', C]``; kernel ``[kernel_size, C]`` (per-channel quantizers use the last axis).
-    Roles and arguments as ``QuantConv1D`` (``kernel``, ``bias``, ``input``, ``output``); ``padding`` is ``"same"``,
-    ``"valid"`` or ``"causal"``.
-    """
-
-    def __init__(self, kernel_size: int, strides: int = 1, padding: str = "same", **kwargs):
-        super().__init__(**kwargs)
-        self.kernel_size, self.strides = int(kernel_size), int(strides)
-        self.padding = str(padding).lower()
-        if self.padding not in ("same", "valid", "causal"):
-            raise ValueError(f"QuantDepthwiseConv1D: padding={padding!r} is not allowed; allowed: same, valid, causal")
-
-    def build(self, input_shape):
-        c = int(input_shape[-1])
-        self._build_params(input_shape, (self.kernel_size, c), c)
-
-    def _op(self, x, kernel):
-        padding = self.padding
-        if padding == "causal":
-            x = ops.pad(x, [[0, 0], [self.kernel_size - 1, 0], [0, 0]])
-            padding = "valid"
-        y = tf.nn.depthwise_conv2d(x[:, None], ops.cast(kernel, x.dtype)[None, :, :, None],
-                                   strides=[1, 1, self.strides, 1], padding=padding.upper())
-        return y[:, 0]
-
-    def compute_output_shape(self, input_shape):
-        t = input_shape[1]
-        if t is not None:
-            t = -(-t // self.strides) if self.padding in ("same", "causal") else \
-                (t - self.kernel_size) // self.strides + 1
-        return (input_shape[0], t, input_shape[2])
-
-    def get_config(self):
-        return {**super().get_config(), "kernel_size": self.kernel_size, "strides": self.strides,
-                "padding": self.padding}

@@ -27,11 +27,10 @@ import dataclasses
 import keras
 import numpy as np
 
-from asr_ext.models.layers import (GLU, FrameStack, JointCombine, MaskedSelfAttention, PredictorInput,
-                                   QuantDepthwiseConv1D, ReduceLengths, SequenceMask, SinusoidalPosition,
-                                   reduced_length)
-from asr_ext.models.lstm import QuantLSTM
-from kws_quant.layers import QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDense
+from asr_ext.models.layers import (GLU, FrameStack, JointCombine, MaskedSelfAttention, PredictorInput, ReduceLengths,
+                                   SequenceMask, SinusoidalPosition, reduced_length)
+from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDense, QuantDepthwiseConv1D,
+                              QuantLSTM)
 from kws_quant.models.recipes import check_patterns_match, get_recipe, spec_for
 
 ENCODERS = ("lstm", "conformer")

@@ -50,10 +50,9 @@ import numpy as np
 import tensorflow as tf
 from keras import activations, ops
 
-from asr_ext.models.lstm import QuantLSTM
 from asr_ext.quant import bits_map as bm
 from asr_ext.quant.convert import clone_replacing
-from kws_quant.layers import QuantDense
+from kws_quant.layers import QuantDense, QuantLSTM
 from kws_quant.quantizers.base import check_bits, check_choice, ste
 from kws_quant.quantizers.linear import LinearQuantizer
 
@@ -330,7 +329,7 @@ _TANH_LUT = lut_table("tanh", 2.0 ** -5, 0)
 
 @keras.saving.register_keras_serializable(package="asr_ext")
 class NNALSTM(_NNAMixin, QuantLSTM):
-    """:class:`~asr_ext.models.lstm.QuantLSTM` in NNA emulation mode: int8 input and weights, int32 gate
+    """:class:`~kws_quant.layers.QuantLSTM` in NNA emulation mode: int8 input and weights, int32 gate
     accumulators requantized to int8, LUT sigmoid/tanh, int16 cell state, int8 hidden state at scale 1/128 (module
     docstring). Same weights, call and :meth:`step` as ``QuantLSTM``; outputs are the dequantized emulated values
     (``h`` on the 1/128 grid, ``c`` on the 2^-11 grid), gradients those of the float LSTM on fake-quantized input and

@@ -161,3 +161,47 @@ class QuantConv2D(_QuantConv):
     """2-D convolution with quantizers. Input ``[batch, height, width, channels]``."""
 
     RANK = 2
+
+
+@keras.saving.register_keras_serializable(package="kws_quant")
+class QuantDepthwiseConv1D(_QuantLinearOp):
+    """Depthwise 1-D convolution (one filter per channel, depth multiplier 1) with quantizers, ``channels_last``.
+
+    Input ``[B, T, C]`` → ``[B, T', C]``; kernel ``[kernel_size, C]`` (per-channel quantizers use the last axis).
+    Roles and arguments as ``QuantConv1D`` (``kernel``, ``bias``, ``input``, ``output``); ``padding`` is ``"same"``,
+    ``"valid"`` or ``"causal"``; ``dilation_rate`` spaces the taps (with ``strides`` 1).
+    """
+
+    def __init__(self, kernel_size: int, strides: int = 1, padding: str = "same", dilation_rate: int = 1,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size, self.strides, self.dilation_rate = int(kernel_size), int(strides), int(dilation_rate)
+        if min(self.kernel_size, self.strides, self.dilation_rate) < 1 or (self.strides > 1 and self.dilation_rate > 1):
+            raise ValueError(f"QuantDepthwiseConv1D {self.name!r}: kernel_size={kernel_size!r}, strides={strides!r}, "
+                             f"dilation_rate={dilation_rate!r} must be positive, and strides or dilation_rate 1")
+        self.padding = str(padding).lower()
+        if self.padding not in ("same", "valid", "causal"):
+            raise ValueError(f"QuantDepthwiseConv1D: padding={padding!r} is not allowed; allowed: same, valid, causal")
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self._build_params(input_shape, (self.kernel_size, c), c)
+
+    def _op(self, x, kernel):
+        padding = self.padding
+        if padding == "causal":
+            x = ops.pad(x, [[0, 0], [self.dilation_rate * (self.kernel_size - 1), 0], [0, 0]])
+            padding = "valid"
+        return ops.depthwise_conv(x, ops.cast(kernel, x.dtype)[:, :, None], strides=self.strides, padding=padding,
+                                  dilation_rate=self.dilation_rate)
+
+    def compute_output_shape(self, input_shape):
+        t = input_shape[1]
+        if t is not None:
+            span = self.dilation_rate * (self.kernel_size - 1) + 1
+            t = -(-t // self.strides) if self.padding in ("same", "causal") else (t - span) // self.strides + 1
+        return (input_shape[0], t, input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "dilation_rate": self.dilation_rate}

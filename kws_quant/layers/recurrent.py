@@ -47,7 +47,7 @@ class _RecurrentKernelView:
         return getattr(self._layer, item)
 
 
-@keras.saving.register_keras_serializable(package="asr_ext")
+@keras.saving.register_keras_serializable(package="kws_quant")
 class QuantLSTM(QuantLayer):
     """LSTM over ``[batch, time, features]`` with registry quantizers (see the module docstring).
 
