@@ -22,6 +22,7 @@ from eval.streaming import Stream
 from kws_quant.data import coloured_noise, load_audio, power, speed_perturb, trim_silence
 from kws_quant.features import FeatureConfig, logmel_tf, mel_matrix
 from kws_quant.models import StreamingRunner
+from kws_quant.models.stream_state import NotStreamableError, StatefulStreamingRunner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +278,20 @@ def _add_noise(audio: np.ndarray, stream: dict, cache: dict, sample_rate: int) -
     return (audio + scale * noise).astype(np.float32)
 
 
+def streaming_runner(model, hop_frames: int, batch_size: int = 2048, jit_compile: bool = True):
+    """How ``model`` runs over a stream: frame-synchronous with state
+    (:class:`~kws_quant.models.stream_state.StatefulStreamingRunner`) when it has a streaming form stepping
+    ``hop_frames`` frames (the zoo models), else re-run on a sliding window every ``hop_frames`` frames. The runner's
+    ``mode`` says which (``"stateful"`` / ``"window"``)."""
+    try:
+        runner = StatefulStreamingRunner(model, hop_frames=hop_frames, jit_compile=jit_compile)
+        runner.mode = "stateful"
+    except (NotStreamableError, ValueError):  # no streaming form, or another hop: the sliding window
+        runner = StreamingRunner(model, hop_frames=hop_frames, batch_size=batch_size, jit_compile=jit_compile)
+        runner.mode = "window"
+    return runner
+
+
 class StreamScorer:
     """Features + model over whole streams: ``scores`` returns an ``eval.streaming.Stream`` per audio stream.
 
@@ -294,8 +309,7 @@ class StreamScorer:
         if classes != len(self.label_names):
             raise ValueError(f"model {getattr(model, 'name', model)!r} has {classes} outputs but the label set has "
                              f"{len(self.label_names)}: {self.label_names}")
-        self.runner = runner or StreamingRunner(model, hop_frames=cfg.hop_frames, batch_size=batch_size,
-                                                jit_compile=jit_compile)
+        self.runner = runner or streaming_runner(model, cfg.hop_frames, batch_size, jit_compile)
         self.hop_s = cfg.hop_frames * features.hop_length / features.sample_rate
         self._mel = tf.constant(mel_matrix(features).T)
 

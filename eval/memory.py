@@ -23,7 +23,7 @@ from kws_quant.export.packing import (FLOAT_BITS, PRESETS, MemoryPreset, get_pre
                                       segment_nbytes)
 from kws_quant.layers import quant_layers
 
-__all__ = ["MemoryPreset", "PRESETS", "project_memory", "summary_table", "to_markdown"]
+__all__ = ["MemoryPreset", "PRESETS", "project_memory", "streaming_state_bytes", "summary_table", "to_markdown"]
 
 COLUMNS = ["layer", "type", "params", "model_bits", "weight_bits", "weight_bytes", "bias_bytes", "gain_bytes",
            "scale_bytes", "param_bytes", "activation_bytes", "float32_bytes", "int8_bytes", "vs_float32", "vs_int8",
@@ -54,6 +54,8 @@ def project_memory(model, preset="arm-neon", word_bits: int | None = None, packe
         A DataFrame with :data:`COLUMNS`, one row per non-input layer and a final ``TOTAL`` row, all sizes in bytes.
         ``df.attrs["summary"]``: preset, word_bits, packed, param_bytes, peak_activation_bytes (and its layer),
         stream_buffer_bytes (the model input, e.g. ``window_frames × n_mels``, at the input quantizer's bits),
+        streaming_state_bytes (a zoo model's state when it runs frame-synchronously: :func:`streaming_state_bytes`;
+        ``None`` for models that stream on a sliding window),
         total_bytes (their sum), vs_float32, vs_int8 and notes.
 
     Raises:
@@ -92,10 +94,30 @@ def project_memory(model, preset="arm-neon", word_bits: int | None = None, packe
         "param_bytes": int(total["param_bytes"]), "peak_activation_bytes": int(total["activation_bytes"]),
         "peak_activation_layer": total["note"].removeprefix("peak activation: "),
         "stream_buffer_bytes": int(stream),
+        "streaming_state_bytes": streaming_state_bytes(model, preset.word_bits) if activations else None,
         "total_bytes": int(total["param_bytes"] + total["activation_bytes"] + stream),
         "vs_float32": total["vs_float32"], "vs_int8": total["vs_int8"], "notes": notes,
         "widened_kernels": widened, "native_kernel_bits": native}
     return df
+
+
+def streaming_state_bytes(model, word_bits: int = 8) -> int | None:
+    """Bytes of the state of :func:`kws_quant.models.stream_state.to_streaming` ``(model)`` (its buffers and LSTM
+    state, at the activation quantizers' widest bits, 32 for a float model, in ``word_bits`` words), or ``None`` when
+    the model has no frame-synchronous form (it streams on a sliding window: ``stream_buffer_bytes``)."""
+    from kws_quant.layers import QuantActivation
+    from kws_quant.models.stream_state import NotStreamableError, to_streaming
+
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 3:
+        return None
+    try:
+        stream = to_streaming(model)
+    except NotStreamableError:
+        return None
+    bits = [layer.quantizers["output"].bits for layer in quant_layers(model)
+            if isinstance(layer, QuantActivation) and "output" in layer.quantizers]
+    value_bits = max(bits) if bits else FLOAT_BITS
+    return sum(segment_nbytes(int(np.prod(shape)), value_bits, word_bits) for shape in stream.state_shapes[:-1])
 
 
 def _elements(shape: tuple, what: str) -> int:
