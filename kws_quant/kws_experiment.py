@@ -263,6 +263,7 @@ def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
                                                              "needs stage 2 (config.train.stage2_epochs > 0)"}})
         return
     from kws_quant.export.deployment import export_for_deployment
+    from kws_quant.export.tflite import UnsupportedModelError
 
     def windows(dataset, limit=None):
         xs, ys, n = [], [], 0
@@ -282,9 +283,14 @@ def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
         run.update_metrics(phase, {"deployment": {"skipped": "the test split is empty"}})
         return
     print(f"\n== phase {phase}: deployment exports into {os.path.join(run.phase(phase), 'export')} ==")
-    result = export_for_deployment(model, os.path.join(run.phase(phase), "export"), calibration, x, y,
-                                   int4=ecfg["int4"], split_front_end=ecfg["split_front_end"],
-                                   pack_presets=tuple(ecfg["pack_presets"]), output_margin=ecfg["output_margin"])
+    try:
+        result = export_for_deployment(model, os.path.join(run.phase(phase), "export"), calibration, x, y,
+                                       int4=ecfg["int4"], split_front_end=ecfg["split_front_end"],
+                                       pack_presets=tuple(ecfg["pack_presets"]), output_margin=ecfg["output_margin"])
+    except UnsupportedModelError as e:  # e.g. a zoo model's residual branches: trained models are kept, said why
+        print(f"deployment export skipped: {e}")
+        run.update_metrics(phase, {"deployment": {"skipped": f"the LiteRT export does not support this model: {e}"}})
+        return
     print(f"int8.tflite {result['int8_bytes']:,} bytes ({result['int8_vs_float32']:.2f}x smaller than float32); "
           f"LiteRT test accuracy {result['int8_test_accuracy']:.4f} (Keras {result['keras_test_accuracy']:.4f}); "
           f"{100 * result['within_one_step']:.2f}% of logits within one output step "

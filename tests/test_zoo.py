@@ -171,3 +171,26 @@ def test_layers_moved_from_asr_ext_still_load_by_their_old_names():
 
     assert keras.saving.get_registered_object("asr_ext>QuantLSTM") is QuantLSTM
     assert keras.saving.get_registered_object("asr_ext>QuantDepthwiseConv1D") is QuantDepthwiseConv1D
+
+
+def test_stream_scorer_runs_zoo_models_with_state_and_the_dnn_on_a_window():
+    from eval.kws_streams import streaming_runner
+
+    zoo = small_model("tcresnet")
+    assert streaming_runner(zoo, hop_frames=2).mode == "stateful"
+    assert streaming_runner(zoo, hop_frames=4).mode == "window"  # another hop than the model's: re-run windows
+    dnn = build_kws_model(KWSModelConfig(window_frames=40, n_mels=8, hidden=(16,)), 4)
+    assert streaming_runner(dnn, hop_frames=2).mode == "window"
+
+
+def test_memory_projection_counts_the_streaming_state():
+    from eval.memory import project_memory, streaming_state_bytes
+
+    model = small_model("tcresnet", "tanh4")
+    stream = to_streaming(model)
+    values = sum(int(np.prod(s)) for s in stream.state_shapes[:-1])
+    assert streaming_state_bytes(model) == values  # 8-bit activations: one byte per buffered value
+    assert streaming_state_bytes(small_model("tcresnet")) == 4 * values  # float: 32 bits
+    assert project_memory(model, "arm-neon").attrs["summary"]["streaming_state_bytes"] == values
+    dnn = build_kws_model(KWSModelConfig(window_frames=40, n_mels=8, hidden=(16,)), 4, "tanh4")
+    assert streaming_state_bytes(dnn) is None
