@@ -240,3 +240,23 @@ def test_mirrored_strategy_two_logical_cpus():
     line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")][0].split()
     first, last, stage, seen = float(line[1]), float(line[2]), int(line[3]), float(line[4])
     assert last < first and stage == 2 and seen > 0
+
+
+@pytest.mark.parametrize("padding", ["valid", "same", "causal"])
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (7, 1), (3, 4), (4, 2)])
+def test_depthwise_conv1d_shifted_sum_equals_keras_depthwise_conv(padding, kernel_size, dilation):
+    """Stride 1 runs as a sum of shifted copies (fast under XLA): the same values and shape as ``ops.depthwise_conv``
+    (two float summation orders: 1e-5)."""
+    from keras import ops
+
+    from kws_quant.layers import QuantDepthwiseConv1D
+
+    layer = QuantDepthwiseConv1D(kernel_size, padding=padding, dilation_rate=dilation, use_bias=False)
+    x = np.random.default_rng(0).normal(size=(2, 30, 5)).astype("float32")
+    y = layer(x).numpy()
+    span = dilation * (kernel_size - 1)
+    xx = np.pad(x, [(0, 0), (span, 0), (0, 0)]) if padding == "causal" else x
+    ref = ops.depthwise_conv(xx, layer.kernel[:, :, None], strides=1, padding="valid" if padding == "causal"
+                             else padding, dilation_rate=dilation).numpy()
+    assert y.shape == ref.shape == tuple(layer.compute_output_shape(x.shape))
+    np.testing.assert_allclose(y, ref, atol=1e-5)
