@@ -213,7 +213,7 @@ def test_model_without_pooling_matches_keras_within_one_step(tmp_path):
     assert interp.get_input_details()[0]["dtype"] == np.int8  # nothing in float before the input quantizer
     s, z = interp.get_input_details()[0]["quantization"]
     input_q = model.get_layer("input_quant")
-    assert np.isclose(s, (float(input_q._qstate["output"]["max"]) - min(float(input_q._qstate["output"]["min"]), 0))
+    assert np.isclose(s, (float(input_q.quantizer_state("output")["max"]) - min(float(input_q.quantizer_state("output")["min"]), 0))
                       / 255, rtol=1e-5)
     err, _, _ = errors_in_steps(model, path, logmel_like(rng, 128, 20, 8))
     assert err.max() <= 1.0, err.max()
@@ -462,7 +462,7 @@ def test_quantize_codes_is_the_keras_input_quantizer(spec, narrow):
     layer = QuantActivation(quantizer=spec, name="input_quant")
     for _ in range(3):
         layer(rng.normal(-1.0, 2.0, size=(64, 40)).astype(np.float32), training=True)
-    ic = layer.quantizers["output"].codes(np.zeros((), np.float32), layer._qstate["output"])
+    ic = layer.quantizers["output"].codes(np.zeros((), np.float32), layer.quantizer_state("output"))
     s, zp = np.float32(ic.scale), int(ic.zero_point) - (0 if ic.signed else 128)
     lo = np.float32((1 if narrow else 0) - (zp + 128)) * s
 

@@ -171,7 +171,7 @@ def test_fit_with_annealing_bits_map_and_save_load(tmp_path):
     qat.get_layer("dense_in").kernel.assign(qat.get_layer("dense_in").kernel * 3.0)  # as if trained weights arrived
     bits = {l.name: q.bits for l, _, q, _ in aq.gq_states(qat)}
     assert bits == {"conv": 4, "dense_in": 1, "dense_out": 4}
-    assert qat.get_layer("dense_in")._qstate["kernel"]["mu_param"].trainable is False  # b=1: μ unused
+    assert qat.get_layer("dense_in").quantizer_state("kernel")["mu_param"].trainable is False  # b=1: μ unused
 
     qat.compile(keras.optimizers.Adam(0.01), LOSS)
     anneal = TemperatureAnnealing(steps=4, tau_min=1e-4, tau0=1.0)
@@ -187,7 +187,7 @@ def test_fit_with_annealing_bits_map_and_save_load(tmp_path):
         assert len(np.unique(w_q)) <= 2 ** q.bits
         assert set(np.unique(w_q)) <= set(q.centroids(st).numpy())
     # s was re-initialised from the weights at the first training step (3× larger for dense_in)
-    st_in = qat.get_layer("dense_in")._qstate["kernel"]
+    st_in = qat.get_layer("dense_in").quantizer_state("kernel")
     assert float(st_in["scale"].numpy()) > 2.0 * s_before["dense_in"]
 
     path = tmp_path / "gq.keras"
@@ -198,7 +198,7 @@ def test_fit_with_annealing_bits_map_and_save_load(tmp_path):
         a, b = loaded.get_layer(name), qat.get_layer(name)
         assert a.quantizers == b.quantizers
         for key in ("scale", "mu_param", "tau", "hard", "initialized"):
-            assert float(a._qstate["kernel"][key].numpy()) == float(b._qstate["kernel"][key].numpy())
+            assert float(a.quantizer_state("kernel")[key].numpy()) == float(b.quantizer_state("kernel")[key].numpy())
 
 
 def test_hard_on_request_and_temperature_helpers():

@@ -229,7 +229,7 @@ MIRRORED = textwrap.dedent("""
         model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
     x, y = toy_data(256)
     h = model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[qat.TwoStageQAT(1, 2, verbose=False)])
-    seen = float(model.get_layer("act")._qstate["output"]["seen"].numpy())
+    seen = float(model.get_layer("act").quantizer_state("output")["seen"].numpy())
     print("RESULT", h.history["loss"][0], h.history["loss"][-1], qat.get_stage(model), seen)
 """)
 

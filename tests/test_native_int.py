@@ -112,9 +112,9 @@ def test_ema_range_clips_and_masks_the_gradient():
         y = layer(big, training=False)
     g = tape.gradient(y, big).numpy()
     assert g[0, 0] == 0 and g[0, 4] == 0 and np.all(g[0, 1:4] != 0)
-    before = layer._qstate["input"]["max"].numpy()
+    before = layer.quantizer_state("input")["max"].numpy()
     layer(big, training=False)
-    assert layer._qstate["input"]["max"].numpy() == before  # frozen at inference
+    assert layer.quantizer_state("input")["max"].numpy() == before  # frozen at inference
 
 
 def test_stage_zero_is_float():
@@ -198,7 +198,7 @@ def test_mixed_precision_model_fits_and_round_trips(tmp_path):
     cb = qat.TwoStageQAT(stage1_at=0, stage2_at=1, verbose=False)
     hist = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb])
     assert all(np.isfinite(hist.history["loss"]))
-    assert float(dense_in._qstate["input"]["seen"].numpy()) == 6  # EMA ranges updated in training
+    assert float(dense_in.quantizer_state("input")["seen"].numpy()) == 6  # EMA ranges updated in training
     # inside the trained model, the output before bias is still exactly the integer product
     got = dense_out.integer_accumulator(rng.standard_normal((3, 8)).astype(np.float32))
     np.testing.assert_array_equal(got["acc"], got["q_x"].astype(np.int64) @ got["q_w"].astype(np.int64))

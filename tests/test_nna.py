@@ -242,7 +242,7 @@ def test_to_nna_fits_and_round_trips(tmp_path):
     model.compile(keras.optimizers.Adam(0.02), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     hist = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history["loss"]
     assert hist[-1] < 0.9 * hist[0]
-    assert float(model.get_layer("hidden")._qstate["output"]["seen"].numpy()) == 16  # ranges learned in fit
+    assert float(model.get_layer("hidden").quantizer_state("output")["seen"].numpy()) == 16  # ranges learned in fit
     path = tmp_path / "nna.keras"
     model.save(path)
     loaded = keras.models.load_model(path)  # no custom_objects: the layers are registered

@@ -154,9 +154,9 @@ def test_linear_gradient_is_masked_ste():
 
     layer = QuantActivation(quantizer="linear(bits=8, symmetric=False)")
     layer.build((None, 4))
-    layer._qstate["output"]["min"].assign(-1.0)
-    layer._qstate["output"]["max"].assign(1.0)
-    layer._qstate["output"]["seen"].assign(1.0)
+    layer.quantizer_state("output")["min"].assign(-1.0)
+    layer.quantizer_state("output")["max"].assign(1.0)
+    layer.quantizer_state("output")["seen"].assign(1.0)
     x = tf.Variable([[-3.0, -0.5, 0.25, 2.0]])
     with tf.GradientTape() as tape:
         y = layer(x, training=False)
@@ -174,7 +174,7 @@ def test_linear_ema_ranges_move_only_in_training():
     layer = QuantActivation(quantizer="linear(bits=8, ema_decay=0.9)")
     x1 = tf.constant(RNG.uniform(-1, 2, (32, 4)).astype(np.float32))
     layer(x1, training=False)  # builds; inference never moves ranges
-    st = layer._qstate["output"]
+    st = layer.quantizer_state("output")
     assert float(st["seen"].numpy()) == 0.0 and float(st["max"].numpy()) == 0.0
     layer(x1, training=True)  # first training batch initialises the range to the batch's
     assert np.isclose(st["min"].numpy(), x1.numpy().min()) and np.isclose(st["max"].numpy(), x1.numpy().max())
@@ -266,7 +266,7 @@ def test_register_quantizer_extends_registry_and_rejects_duplicates():
     ("tanh(bits=" + "1" * 100_000 + ")", "longer than 2000"),
     ("tanh(bits=4)\x00", "cannot parse quantizer spec"),
     ("__import__('os').system('true')", "cannot parse quantizer spec"),
-    ({"name": "tanh", "bits": [1, "a"]}, "bits=\[1, .a.\] is not allowed: not a sequence of numbers"),
+    ({"name": "tanh", "bits": [1, "a"]}, r"bits=\[1, .a.\] is not allowed: not a sequence of numbers"),
     ({"name": "tanh", "per_channel": 1}, "per_channel=1 is not allowed"),
 ])
 def test_hostile_specs_are_refused(spec, message):

@@ -311,7 +311,7 @@ def test_train_with_mracos_and_compressor_then_save_load(float_model, tmp_path):
     assert comp.compressed_at == [3, 6, 8]
     assert [warm.value_at(s) for s in (0, 2, 4, 9)] == [0.0, 0.1, 0.2, 0.2]
     for layer, role, q in aq.lloyd_max_roles(qat):
-        assert float(layer._qstate[role]["lam"].numpy()) == pytest.approx(0.2)
+        assert float(layer.quantizer_state(role)["lam"].numpy()) == pytest.approx(0.2)
         values = np.unique(layer.kernel.numpy())
         assert len(values) <= 2 ** q.bits and set(values) <= set(q.codebook)
         codes = layer.quantized_weights()["kernel"]
@@ -323,7 +323,7 @@ def test_train_with_mracos_and_compressor_then_save_load(float_model, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), qat.predict(x, verbose=0))
     for name in ("dense_in", "dense_1", "dense_out"):
         assert loaded.get_layer(name).quantizers["kernel"] == qat.get_layer(name).quantizers["kernel"]
-    assert float(loaded.get_layer("dense_in")._qstate["kernel"]["lam"].numpy()) == pytest.approx(0.2)
+    assert float(loaded.get_layer("dense_in").quantizer_state("kernel")["lam"].numpy()) == pytest.approx(0.2)
 
 
 def test_compressor_on_a_converted_functional_model(float_model):

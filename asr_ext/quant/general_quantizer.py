@@ -189,8 +189,8 @@ class GeneralQuantizer(Quantizer):
 # -- model-level helpers and the annealing callback -----------------------------------------------------------
 def gq_states(model) -> list:
     """``[(layer, role, quantizer, state)]`` for every ``gq`` quantizer of ``model``'s quantized layers."""
-    return [(layer, role, q, layer._qstate[role]) for layer in quant_layers(model)
-            for role, q in layer.quantizers.items() if isinstance(q, GeneralQuantizer) and role in layer._qstate]
+    return [(layer, role, q, layer.quantizer_state(role)) for layer in quant_layers(model)
+            for role, q in layer.quantizers.items() if isinstance(q, GeneralQuantizer)]
 
 
 def set_gq_hard(model, hard: bool = True) -> int:

@@ -78,7 +78,7 @@ class _NativeIntMixin:
     # -- scales and codes --------------------------------------------------------------------------------------
     def act_scale(self, x):
         """``s_x`` (scalar float32, no gradient) from the batch max or the moving-average range."""
-        st = self._qstate["input"]
+        st = self.quantizer_state("input")
         cur = ops.max(ops.abs(x))
         if st.get("ema"):
             ema = ops.maximum(ops.abs(st["min"]), ops.abs(st["max"]))
@@ -137,7 +137,7 @@ class _NativeIntMixin:
                 "s_x": np.float32(ops.convert_to_numpy(s_x)), "s_w": ops.convert_to_numpy(s_w).astype(np.float32)}
 
     def call(self, inputs, training=None):
-        self._quantizers["input"].observe(inputs, self._qstate["input"], bool(training))
+        self.quantizers["input"].observe(inputs, self.quantizer_state("input"), bool(training))
         kernel = ops.convert_to_tensor(self.kernel)
         y = ops.cond(ops.greater_equal(self.qat_stage, 1),
                      lambda: self._native(inputs, kernel),

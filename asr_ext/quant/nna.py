@@ -196,9 +196,9 @@ class _NNAMixin:
     def _grid(self, role, x):
         """``(codes, scale, zero_point)`` of ``x`` on ``role``'s grid (the quantizer's own): int64 codes (int8 range),
         float32 scale (``()`` or ``(channels,)``), int64 int8 zero point. ``x=None``: only the grid (data roles)."""
-        q = self._quantizers[role]
-        _, n, scale, zp, _ = q._grid(tf.zeros((), tf.float32) if x is None else tf.cast(x, tf.float32),
-                                      self._qstate[role])
+        q = self.quantizers[role]
+        _, n, scale, zp, _ = q.grid(tf.zeros((), tf.float32) if x is None else tf.cast(x, tf.float32),
+                                    self.quantizer_state(role))
         offset = 0 if q.symmetric else 128  # asymmetric codes n ∈ [0, 255] → int8
         return _i64(n) - offset, tf.cast(scale, tf.float32), _i64(zp) - offset
 

@@ -214,7 +214,7 @@ def set_mracos_lambda(model, value: float) -> int:
     """Set λ of every ``lloyd_max`` weight quantizer of ``model``; returns how many were set."""
     n = 0
     for layer, role, _ in lloyd_max_roles(model):
-        lam = layer._qstate.get(role, {}).get("lam")
+        lam = layer.quantizer_state(role).get("lam")
         if lam is not None:
             lam.assign(float(value))
             n += 1

@@ -323,7 +323,7 @@ def _data_fake_quant(layer, role: str, quantize: bool) -> list:
     where = f"layer {layer.name!r} ({role} quantizer {q!r})"
     if q.bits != 8:
         raise UnsupportedModelError(f"{where}: the int8 export supports 8-bit inputs and activations only")
-    state = layer._qstate[role]
+    state = layer.quantizer_state(role)
     if not state.get("ema"):
         raise UnsupportedModelError(f"{where}: its range comes from each batch (range='current'), which an integer "
                                     "model cannot do; use a moving-average range (range='ema')")
@@ -332,13 +332,10 @@ def _data_fake_quant(layer, role: str, quantize: bool) -> list:
     if float(np.asarray(state["seen"])) <= 0:
         raise UnsupportedModelError(f"{where}: the moving-average range was never updated; train the model in stage 2 "
                                     "(or run it with training=True on data) before exporting")
-    lo, hi = min(float(np.asarray(state["min"])), 0.0), max(float(np.asarray(state["max"])), 0.0)
+    lo, hi, narrow = q.fake_quant_range(state)
     ic = q.codes(np.zeros((), np.float32), state)
     grid = (float(ic.scale), int(ic.zero_point) - (0 if ic.signed else 2 ** (q.bits - 1)))
-    if state["symmetric"]:
-        m = max(abs(lo), abs(hi), 1e-8)
-        return [_FakeQuant(layer.name, role, -m, m, narrow=True, grid=grid)]
-    return [_FakeQuant(layer.name, role, lo, max(hi, lo + 1e-8), grid=grid)]  # LinearQuantizer._grid's widening
+    return [_FakeQuant(layer.name, role, lo, hi, narrow=narrow, grid=grid)]
 
 
 def _weight_value(layer, role: str, tensor, stage: int, cache: dict) -> np.ndarray:

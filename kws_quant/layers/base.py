@@ -52,6 +52,15 @@ class QuantLayer(keras.layers.Layer):
             return q.stage
         return 1 if role == "kernel" else 2
 
+    def quantizer_state(self, role: str) -> dict:
+        """The state of ``role``'s quantizer: its resolved choices and variables (e.g. a linear quantizer's
+        ``symmetric``/``ema`` flags and ``min``/``max``/``seen`` moving-average range); what exports, emulations
+        and tests read. ``KeyError`` naming the quantized roles when ``role`` is float."""
+        if role not in self._qstate:
+            raise KeyError(f"layer {self.name!r} has no quantizer state for role {role!r}; quantized roles: "
+                           f"{sorted(self._qstate)}")
+        return self._qstate[role]
+
     def weight_tensors(self) -> dict:
         """``{role: float tensor}`` of the parameters each weight role quantizes, at inference."""
         return {}

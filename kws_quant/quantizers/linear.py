@@ -109,8 +109,12 @@ class LinearQuantizer(Quantizer):
         return ops.stop_gradient(lo), ops.stop_gradient(hi)
 
     # -- the grid -------------------------------------------------------------------------------------------
-    def _grid(self, x, state):
-        """Returns ``(x_clipped, n, scale, zero_point, x_q)`` with ``x_q = scale * (n - zero_point)``."""
+    def grid(self, x, state):
+        """The integer grid of ``x`` (tensors): ``(x_clipped, n, scale, zero_point, x_q)`` with
+        ``x_q = scale * (n - zero_point)``, ``n`` the integer codes (``[-(2^(b-1)-1), 2^(b-1)-1]`` symmetric,
+        ``[0, 2^b-1]`` asymmetric), ``scale``/``zero_point`` of shape ``()`` or ``(channels,)``. The one definition of
+        this quantizer's grid: training, :meth:`codes`, the exports and the NNA emulation use it. With a
+        moving-average range the grid does not depend on ``x`` (pass zeros for the grid alone)."""
         lo, hi = self._range(x, state)
         if state["symmetric"]:
             qmax = 2.0 ** (self.bits - 1) - 1.0
@@ -132,20 +136,33 @@ class LinearQuantizer(Quantizer):
         n = ops.round(ops.cast(x_q, "float32") / scale) + zero_point
         return x, n, scale, zero_point, x_q
 
+    def fake_quant_range(self, state) -> tuple[float, float, bool]:
+        """``(lo, hi, narrow_range)`` for ``tf.quantization.fake_quant_with_min_max_vars`` that reproduce this
+        quantizer's moving-average grid (per tensor): symmetric ``(-m, m, True)``, ``m = max(|min|, |max|)``;
+        asymmetric the range widened to contain 0 (as :meth:`grid` does). What an int8 export writes."""
+        if not state.get("ema") or self.per_channel:
+            raise ValueError(f"{self!r}: fake_quant_range needs a per-tensor moving-average range (range='ema')")
+        lo = min(float(np.asarray(state["min"])), 0.0)
+        hi = max(float(np.asarray(state["max"])), 0.0)
+        if state["symmetric"]:
+            m = max(abs(lo), abs(hi), _EPS)
+            return -m, m, True
+        return lo, max(hi, lo + _EPS), False
+
     def _resolved(self, state):
         """A layer passes the state built for its role; standalone use quantizes like a weight."""
         return state if state and "symmetric" in state else self.resolve(None)
 
     def fake_quant(self, x, state=None):
         state = self._resolved(state)
-        xc, _, _, _, x_q = self._grid(x, state)
+        xc, _, _, _, x_q = self.grid(x, state)
         if not state["symmetric"]:
             return x_q  # the op carries its own masked straight-through gradient
         return ste(xc, x_q)
 
     def codes(self, x, state=None) -> IntegerCodes:
         state = self._resolved(state)
-        _, n, scale, zero_point, _ = self._grid(ops.convert_to_tensor(x, "float32"), state)
+        _, n, scale, zero_point, _ = self.grid(ops.convert_to_tensor(x, "float32"), state)
         n = ops.convert_to_numpy(n).astype(np.int32)
         return IntegerCodes(n, channel_vector(scale), channel_vector(zero_point), self.bits,
                             signed=bool(state["symmetric"]))

@@ -1,0 +1,36 @@
+"""Structure rules of the code base (issue 14): no module uses another module's private names."""
+import ast
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("kws_quant", "asr_ext", "eval")
+FOLDERS = PACKAGES + ("benchmarks", "tests", "configs", "scripts")
+
+
+def python_files():
+    for folder in FOLDERS:
+        for base, _, names in os.walk(os.path.join(ROOT, folder)):
+            yield from (os.path.join(base, n) for n in sorted(names) if n.endswith(".py"))
+
+
+def test_no_module_imports_an_underscored_name_of_ours():
+    bad = []
+    for path in python_files():
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                bad += [f"{os.path.relpath(path, ROOT)}:{node.lineno}: {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "private names imported across modules (make them public on purpose):\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("private", ["_qstate", "_quantizers", "_grid"])
+def test_quantizer_state_and_grids_are_read_through_the_public_api(private):
+    """``layer.quantizer_state(role)``, ``layer.quantizers``, ``quantizer.grid(x, state)`` instead."""
+    pattern = re.compile(rf"\b(?!self\b)\w+\.{private}\b")
+    bad = [f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()}" for path in python_files()
+           for i, line in enumerate(open(path, encoding="utf-8"), 1) if pattern.search(line)]
+    assert not bad, "\n".join(bad)
