@@ -1,5 +1,6 @@
 """LiteRT export: exact integer codes, LiteRT-vs-Keras agreement, float baseline, CLI, and error messages."""
 import os
+import re
 
 import keras
 import numpy as np
@@ -498,3 +499,33 @@ def test_per_tensor_kernels_get_per_tensor_parameters(tmp_path):
         np.testing.assert_array_equal(got["weights"], ic.codes.T)
     err, _, _ = errors_in_steps(model, path, logmel_like(rng, 64, 20, 8))
     assert err.max() <= 1.0, err.max()
+
+
+def test_export_cli_bad_input_is_one_error_line_naming_the_flag(kws, tmp_path, capsys):
+    """No traceback: a missing/odd model file, an output path that is a directory, a negative margin, an unreadable
+    representative file, a float model asked for int8 — each an ``error:`` line and exit status 2."""
+    from kws_quant.export.__main__ import main
+
+    model_path = tmp_path / "model.keras"
+    kws["model"].save(model_path)
+    float_path = tmp_path / "float.keras"
+    build_kws_model(KWSModelConfig(window_frames=20, n_mels=8, hidden=(8,)), 3).save(float_path)
+    (tmp_path / "junk.keras").write_text("not a model")
+    (tmp_path / "junk.npy").write_text("not an array")
+    out = tmp_path / "m.tflite"
+    cases = [
+        ([f"--model={tmp_path / 'missing.keras'}", f"--out={out}"], "missing.keras' does not exist"),
+        ([f"--model={tmp_path}", f"--out={out}"], "is a directory, not a .keras file"),
+        ([f"--model={tmp_path / 'junk.keras'}", f"--out={out}"], "is not a Keras model file"),
+        ([f"--model={model_path}", f"--out={tmp_path}"], "is a directory; give the path of the .tflite"),
+        ([f"--model={model_path}", f"--out={out}", "--output_margin=-5"], "--output_margin=-5.0 must be between 0"),
+        ([f"--model={model_path}", f"--out={out}", f"--representative={tmp_path / 'junk.npy'}"],
+         "junk.npy' is not a readable .npy array"),
+        ([f"--model={float_path}", f"--out={out}"], "float.keras' cannot be exported as asked: .*"),
+    ]
+    for args, message in cases:
+        assert main(["export", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert re.search(message, err.splitlines()[0]), (message, err[:500])
+        assert "Traceback" not in err
+    assert not out.exists()

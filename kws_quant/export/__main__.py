@@ -59,16 +59,38 @@ def run(argv) -> str:
         raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     if not FLAGS.model or not FLAGS.out:
         raise UsageError("--model and --out are required")
-    if not os.path.exists(FLAGS.model):
-        raise UsageError(f"--model={FLAGS.model!r} does not exist")
+    if not os.path.isfile(FLAGS.model):
+        raise UsageError(f"--model={FLAGS.model!r} " + ("is a directory, not a .keras file"
+                                                         if os.path.isdir(FLAGS.model) else "does not exist"))
+    if os.path.isdir(FLAGS.out) or FLAGS.out.endswith(os.sep):
+        raise UsageError(f"--out={FLAGS.out!r} is a directory; give the path of the .tflite file to write, e.g. "
+                         f"--out={os.path.join(FLAGS.out, 'model.tflite')}")
+    margin = FLAGS.output_margin
+    if not (margin == margin and 0.0 <= margin <= 10.0):  # NaN fails the first test
+        raise UsageError(f"--output_margin={margin!r} must be between 0 and 10 (a fraction of the output range's "
+                         "span added on each side)")
+    import keras
     import numpy as np
 
+    import kws_quant  # noqa: F401  (registers the layers)
     from kws_quant.export.tflite import read_linear_ops, to_tflite
 
-    rep = np.load(FLAGS.representative) if FLAGS.representative else None
-    path = to_tflite(FLAGS.model, FLAGS.out, rep, quantize=not FLAGS.float, io_dtype=FLAGS.io_dtype, int4=FLAGS.int4,
-                     fold_pooling=FLAGS.fold_pooling, output_margin=FLAGS.output_margin,
-                     strip_names=FLAGS.strip_names, split_front_end=FLAGS.split_front_end)
+    rep = None
+    if FLAGS.representative:
+        try:
+            rep = np.load(FLAGS.representative, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--representative={FLAGS.representative!r} is not a readable .npy array: {e}") from None
+    try:
+        model = keras.saving.load_model(FLAGS.model)
+    except Exception as e:  # noqa: BLE001 — any load failure means "not a model we can read"
+        raise UsageError(f"--model={FLAGS.model!r} is not a Keras model file: {type(e).__name__}: {e}") from None
+    try:
+        path = to_tflite(model, FLAGS.out, rep, quantize=not FLAGS.float, io_dtype=FLAGS.io_dtype, int4=FLAGS.int4,
+                         fold_pooling=FLAGS.fold_pooling, output_margin=margin, strip_names=FLAGS.strip_names,
+                         split_front_end=FLAGS.split_front_end)
+    except ValueError as e:  # UnsupportedModelError and every documented check of to_tflite name the problem
+        raise UsageError(f"--model={FLAGS.model!r} cannot be exported as asked: {e}") from None
     ops = read_linear_ops(path)
     kinds = ", ".join(f"{d['op']}[{d['weight_type']}]" for d in ops)
     print(f"wrote {path} ({os.path.getsize(path)} bytes): {kinds}")
