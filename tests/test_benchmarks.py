@@ -45,3 +45,24 @@ def test_tflite_tiny():
     pytest.importorskip("ai_edge_litert")
     out = bench("bench_tflite.py", "--steps", "1", "--reps", "1", "--windows", "4", "--threads", "1")
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_zoo_tiny(tmp_path):
+    """One streaming arch and the DNN (no streaming form: '-' cells), and the accuracy table of a run directory."""
+    import json
+
+    phase = {"parameters": 10, "validation_classification": {"accuracy": 0.9, "accuracy_ci95": [0.8, 0.95],
+                                                             "clips": 100},
+             "test_classification": {"accuracy": 0.85, "accuracy_ci95": [0.7, 0.9], "clips": 50}}
+    (tmp_path / "metrics.json").write_text(json.dumps({"float": phase, "tanh4": {**phase, "parameters": 11}}))
+    out = bench("bench_zoo.py", "--archs", "dnn", "tcresnet", "--repeats", "1", "--seconds", "6", "--runs", f"tcresnet={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {}
+    for line in out.stdout.splitlines():  # the first table (the accuracy table's rows start with the arch too)
+        if line.startswith("| "):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    assert "nan" in rows["dnn"] and float(rows["tcresnet"].split("|")[6]) >= 5  # MAC ratio column
+    assert "| tcresnet | tanh4 | 11 | 90.0 % [80.0, 95.0] (100 clips) | +0.0 | 85.0 % [70.0, 90.0] (50 clips) |" \
+        in out.stdout
+    bad = bench("bench_zoo.py", "--runs", f"resnet={tmp_path}")
+    assert bad.returncode == 2 and "expected arch=RUN_DIR" in bad.stderr
