@@ -299,7 +299,7 @@ def test_skip_bad_files_returns_summary(tmp_path, bad_files, capsys):
     paths = [good] + [p for p, _ in bad_files.values()]
     with pytest.raises(AudioFileError, match=r"5 bad audio file\(s\)") as info:
         load_audio_files(paths)
-    assert "skip_bad_files=True" in str(info.value)
+    assert "--skip_bad_files on the command line" in str(info.value) and "skip_bad_files=True" in str(info.value)
     audio, bad = load_audio_files(paths, skip_bad_files=True)
     assert len(audio) == 1 and audio[0].shape == (8000,)
     assert {(b.path, b.reason.split(" (")[0]) for b in bad} == {(p, r) for p, r in bad_files.values()}

@@ -167,7 +167,8 @@ def _run_skipping(paths, fn, skip_bad_files):
     if bad:
         summary = summarize_bad_files(bad)
         if not skip_bad_files:
-            raise AudioFileError(bad[0].path, f"{bad[0].reason}\n{summary}\n(pass skip_bad_files=True to skip them)")
+            raise AudioFileError(bad[0].path, f"{bad[0].reason}\n{summary}\n(skip them: --skip_bad_files on the "
+                                              "command line, skip_bad_files=True in Python)")
         print(summary, file=sys.stderr)
     return results, bad
 
