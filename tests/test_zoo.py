@@ -194,3 +194,23 @@ def test_memory_projection_counts_the_streaming_state():
     assert project_memory(model, "arm-neon").attrs["summary"]["streaming_state_bytes"] == values
     dnn = build_kws_model(KWSModelConfig(window_frames=40, n_mels=8, hidden=(16,)), 4, "tanh4")
     assert streaming_state_bytes(dnn) is None
+
+
+@pytest.mark.parametrize("arch", ZOO_ARCHS)
+def test_nna_packed_export_holds_the_quantizers_codes_and_its_projected_size(arch, tmp_path):
+    from eval.memory import project_memory
+    from kws_quant.export.packing import pack, unpack
+
+    model = settle(small_model(arch, "tanh4"))
+    manifest = pack(model, str(tmp_path), preset="nna-5bit")
+    restored = unpack(str(tmp_path))["layers"]
+    checked = 0
+    for layer in model.layers:
+        if not hasattr(layer, "quantized_weights"):
+            continue
+        for role, want in layer.quantized_weights().items():
+            if role.endswith("kernel"):  # batch-norm folds into the scales; the integer codes stay the quantizer's
+                np.testing.assert_array_equal(restored[layer.name][role]["codes"].codes, want.codes)
+                checked += 1
+    assert checked >= 4
+    assert manifest["payload_nbytes"] == project_memory(model, "nna-5bit").attrs["summary"]["param_bytes"]
