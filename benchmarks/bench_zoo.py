@@ -53,6 +53,12 @@ def accuracy(run_dir: str) -> dict:
     return {p: m for p, m in metrics.items() if "validation_classification" in m}
 
 
+def _phase_order(phase: str):
+    """float, the post-training baselines, then the QAT twins from the widest weights down."""
+    digits = "".join(ch for ch in phase if ch.isdigit())
+    return (0 if phase == "float" else 1 if phase.startswith("ptq_") else 2, -int(digits or 0), phase)
+
+
 def accuracy_table(runs: dict) -> list[str]:
     """Markdown rows: per run and phase, validation top-1 with its 95 % interval, the change against the run's
     float phase (points), test top-1 with its interval."""
@@ -65,7 +71,7 @@ def accuracy_table(runs: dict) -> list[str]:
 
     for arch, phases in runs.items():
         base = phases.get("float", {}).get("validation_classification", {}).get("accuracy")
-        for phase, m in phases.items():
+        for phase, m in sorted(phases.items(), key=lambda kv: _phase_order(kv[0])):
             v = m["validation_classification"]
             delta = "-" if base is None or phase == "float" else f"{100 * (v['accuracy'] - base):+.1f}"
             lines.append(f"| {arch} | {phase} | {m.get('parameters', 0):,} | {cell(v)} | {delta} | "

@@ -278,12 +278,17 @@ def _add_noise(audio: np.ndarray, stream: dict, cache: dict, sample_rate: int) -
     return (audio + scale * noise).astype(np.float32)
 
 
-def streaming_runner(model, hop_frames: int, batch_size: int = 2048, jit_compile: bool = True):
+def streaming_runner(model, hop_frames: int, batch_size: int = 2048, jit_compile: bool = True,
+                     streaming: str = "auto"):
     """How ``model`` runs over a stream: frame-synchronous with state
     (:class:`~kws_quant.models.stream_state.StatefulStreamingRunner`) when it has a streaming form stepping
     ``hop_frames`` frames (the zoo models), else re-run on a sliding window every ``hop_frames`` frames. The runner's
-    ``mode`` says which (``"stateful"`` / ``"window"``)."""
+    ``mode`` says which (``"stateful"`` / ``"window"``). ``streaming="window"`` re-runs windows for every model."""
+    if streaming not in ("auto", "window"):
+        raise ValueError(f"streaming={streaming!r} is not allowed; allowed: 'auto', 'window'")
     try:
+        if streaming == "window":
+            raise NotStreamableError("the sliding window was asked for")
         runner = StatefulStreamingRunner(model, hop_frames=hop_frames, jit_compile=jit_compile)
         runner.mode = "stateful"
     except (NotStreamableError, ValueError):  # no streaming form, or another hop: the sliding window
@@ -301,7 +306,7 @@ class StreamScorer:
     """
 
     def __init__(self, model, features: FeatureConfig, label_names, cfg: StreamConfig = StreamConfig(),
-                 batch_size: int = 2048, jit_compile: bool = True, runner=None):
+                 batch_size: int = 2048, jit_compile: bool = True, runner=None, streaming: str = "auto"):
         """``runner``: scores windows instead of a :class:`~kws_quant.models.StreamingRunner` of ``model`` (e.g. a
         :class:`~kws_quant.export.litert_stream.LiteRTStreamingRunner` of the model's int8 export)."""
         self.features, self.cfg, self.label_names = features, cfg, list(label_names)
@@ -309,7 +314,7 @@ class StreamScorer:
         if classes != len(self.label_names):
             raise ValueError(f"model {getattr(model, 'name', model)!r} has {classes} outputs but the label set has "
                              f"{len(self.label_names)}: {self.label_names}")
-        self.runner = runner or streaming_runner(model, cfg.hop_frames, batch_size, jit_compile)
+        self.runner = runner or streaming_runner(model, cfg.hop_frames, batch_size, jit_compile, streaming)
         self.hop_s = cfg.hop_frames * features.hop_length / features.sample_rate
         self._mel = tf.constant(mel_matrix(features).T)
 

@@ -80,14 +80,15 @@ def load_kws_model(path: str, window: int, n_mels: int, num_classes: int):
 
 
 def evaluate_model(name, model, streams, features, label_names, keyword_labels, stream_cfg, thresholds,
-                   fa_targets=(1.0, 2.0, 5.0), n_boot: int = 200, runner=None) -> ModelResult:
+                   fa_targets=(1.0, 2.0, 5.0), n_boot: int = 200, runner=None,
+                   streaming: str = "auto") -> ModelResult:
     """Score every stream with ``model`` (or ``runner``, e.g. its LiteRT export, with ``model``'s memory) and
     compute its DET curves, operating points with bootstrap intervals, detection latencies and memory."""
     from eval.det import evaluate_keywords
     from eval.kws_streams import StreamScorer
     from eval.latency import detection_latencies, latency_summary
 
-    scorer = StreamScorer(model, features, label_names, stream_cfg, runner=runner)
+    scorer = StreamScorer(model, features, label_names, stream_cfg, runner=runner, streaming=streaming)
     start = time.perf_counter()
     scored = [scorer.scores(s, stream_id=f"stream{i}") for i, s in enumerate(streams)]
     scan = time.perf_counter() - start
@@ -337,13 +338,15 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
 
 def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=None, thresholds=None,
                fa_targets=None, n_boot: int = 200, command: str = "", skip_bad_files=False,
-               litert: bool = True, stream_overrides: dict | None = None, data_dir: str | None = None) -> dict:
+               litert: bool = True, stream_overrides: dict | None = None, data_dir: str | None = None,
+               streaming: str = "auto") -> dict:
     """Build (or reuse) the test streams of a run's data and report every (or the named) trained model of it.
 
     ``stream_cfg`` defaults to the run's ``config.report`` with ``stream_overrides`` (StreamConfig fields); with ``config.report.dataset_noise`` the streams' noise
     bed is the dataset's own noise recordings. The stream plan is saved as ``<out>/streams.json`` and reused while
     its settings match. ``litert``: also score each phase's exported ``export/int8.tflite`` (as
-    ``<phase> int8 LiteRT``), one window per invoke as on the device.
+    ``<phase> int8 LiteRT``), one window per invoke as on the device. ``streaming``: ``"auto"`` runs a model with a
+    frame-synchronous form with its state (the zoo), ``"window"`` re-runs every model on a sliding window.
 
     ``data_dir``: evaluate on another folder of the run's layout instead (a user's own recordings): every clip of it
     is test material, scored with the run's features and labels (audio at another rate is resampled, and the report
@@ -404,7 +407,7 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
                                  f"have {label_names}: mismatched label sets")
         model = models[name] = load_kws_model(path, window, features.n_mels, len(label_names))
         results.append(evaluate_model(name, model, streams, features, label_names, keyword_labels, stream_cfg,
-                                      thresholds, fa_targets, n_boot))
+                                      thresholds, fa_targets, n_boot, streaming=streaming))
         int8 = os.path.join(os.path.dirname(path), "export", "int8.tflite")
         if litert and os.path.isfile(int8):
             from kws_quant.export.litert_stream import LiteRTStreamingRunner
@@ -440,7 +443,7 @@ def main(argv):
     paths = report_run(f.run_dir, f.out, f.models.split(",") if f.models else None, None, thresholds, fa_targets,
                        f.n_boot, command="python -m eval.report " + " ".join(sys.argv[1:]),
                        skip_bad_files=f.skip_bad_files, litert=f.litert, stream_overrides=overrides,
-                       data_dir=f.data_dir)
+                       data_dir=f.data_dir, streaming=f.streaming)
     print(f"report written: {paths['md']} (and {os.path.basename(paths['html'])}, CSVs, "
           f"{os.path.basename(paths['det_png'])}, {os.path.basename(paths['memory_png'])})")
 
@@ -467,6 +470,8 @@ def run():
                         "config.report.fa_targets).")
     flags.DEFINE_bool("litert", True, "Also score each phase's export/int8.tflite with the LiteRT interpreter.")
     flags.DEFINE_integer("n_boot", 200, "Bootstrap resamples for confidence intervals.")
+    flags.DEFINE_enum("streaming", "auto", ["auto", "window"], "auto: models with a frame-synchronous form (the zoo) "
+                      "run with their state; window: every model re-runs on a sliding window.")
     flags.DEFINE_bool("skip_bad_files", False, "Skip unreadable audio instead of failing.")
 
     def guarded(argv):

@@ -214,3 +214,11 @@ def test_nna_packed_export_holds_the_quantizers_codes_and_its_projected_size(arc
                 checked += 1
     assert checked >= 4
     assert manifest["payload_nbytes"] == project_memory(model, "nna-5bit").attrs["summary"]["param_bytes"]
+
+
+def test_streaming_runner_can_be_forced_to_the_sliding_window():
+    from eval.kws_streams import streaming_runner
+
+    assert streaming_runner(small_model("crnn"), hop_frames=2, streaming="window").mode == "window"
+    with pytest.raises(ValueError, match="streaming='state' is not allowed"):
+        streaming_runner(small_model("crnn"), hop_frames=2, streaming="state")
