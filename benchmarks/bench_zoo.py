@@ -5,11 +5,10 @@ parameters, MACs of one 1-s window, MACs per second of audio when the window mod
 (20 ms) vs the frame-synchronous streaming model (``kws_quant.models.stream_state``), their ratio, the streaming
 state (int8 bytes), weight memory on ``arm-neon`` (int8) and ``nna-5bit``, and the measured CPU time per minute of
 audio on one thread (TensorFlow, XLA, median of ``--repeats`` runs over the same random ``--seconds`` feature stream,
-scaled to a minute): the
-window model re-run every ``hop`` frames (``StreamingRunner``, 2048 windows per call) vs the streaming model
-stepping with state (``StatefulStreamingRunner``, an XLA scan of 512 steps per call). Single calls at batch 1 are
-not timed: in TensorFlow they measure op dispatch, not the model. With ``--runs arch=RUN_DIR ...`` it adds each run's validation top-1 (speakers never
-heard in training) per phase from its ``metrics.json``.
+scaled to a minute): the window model re-run every ``hop`` frames (``StreamingRunner``, 2048 windows per call) vs the
+streaming model stepping with state (``StatefulStreamingRunner``, an XLA scan of 512 steps per call). Single calls
+at batch 1 are not timed: in TensorFlow they measure op dispatch, not the model. With ``--runs arch=RUN_DIR ...`` it
+adds each run's validation top-1 (speakers never heard in training) per phase from its ``metrics.json``.
 
     python benchmarks/bench_zoo.py --recipe tanh4 --runs dnn=runs/kws_speech_commands tcresnet=runs/sc_tcresnet
 """

@@ -55,7 +55,8 @@ def test_zoo_tiny(tmp_path):
                                                              "clips": 100},
              "test_classification": {"accuracy": 0.85, "accuracy_ci95": [0.7, 0.9], "clips": 50}}
     (tmp_path / "metrics.json").write_text(json.dumps({"float": phase, "tanh4": {**phase, "parameters": 11}}))
-    out = bench("bench_zoo.py", "--archs", "dnn", "tcresnet", "--repeats", "1", "--seconds", "6", "--runs", f"tcresnet={tmp_path}")
+    out = bench("bench_zoo.py", "--archs", "dnn", "tcresnet", "--repeats", "1", "--seconds", "6",
+                "--runs", f"tcresnet={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {}
     for line in out.stdout.splitlines():  # the first table (the accuracy table's rows start with the arch too)

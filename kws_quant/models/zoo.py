@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import keras
 
-from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDense, QuantDepthwiseConv1D,
+from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDepthwiseConv1D,
                               QuantLSTM)
 from kws_quant.models.recipes import spec_for
 
