@@ -62,18 +62,6 @@ def _keys(args):
     return []
 
 
-def _time_frames(args) -> int | None:
-    """Frames (axis 1) of the first input tensor in a layer's inbound arguments, from the saved shapes."""
-    if isinstance(args, dict) and args.get("class_name") == "__keras_tensor__":
-        shape = args["config"]["shape"]
-        return shape[1] if len(shape) == 3 else None
-    for v in (args.values() if isinstance(args, dict) else args if isinstance(args, (list, tuple)) else ()):
-        t = _time_frames(v)
-        if t is not None:
-            return t
-    return None
-
-
 class StreamingModel(tf.Module):
     """The frame-synchronous form of a window model (see the module docstring).
 
@@ -143,7 +131,8 @@ class StreamingModel(tf.Module):
         total = 0
         for node in self._nodes:
             if node.kind == "lstm":
-                total += layer_macs(node.layer, (None, 1)) // int(node.layer.input.shape[1])
+                lstm = node.layer  # one frame per step: its input and recurrent kernels once
+                total += int(np.prod(lstm.kernel.shape)) + int(np.prod(lstm.recurrent_kernel.shape))
             elif node.kind in ("conv", "framewise"):
                 shape = node.layer.output.shape
                 total += layer_macs(node.layer, (None, *([node.frames_out] if len(shape) == 3 else []), shape[-1]))
@@ -213,7 +202,7 @@ def _plan(model) -> tuple[list, int]:
         elif kind_name == "GlobalAveragePooling1D":
             if n != 1:
                 raise NotStreamableError(f"{where}: pooling needs one frame per step, got {n}")
-            t = _time_frames(inbound[0]["args"])
+            t = int(layer.input.shape[1])
             nodes.append(_Node(layer, "pool", ins, key, (t - 1, int(layer.input.shape[-1]))))
             n = None
         elif isinstance(layer, QuantLSTM):
