@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import kws_quant  # noqa: E402,F401
 from kws_quant.export import tflite as T  # noqa: E402
 from kws_quant.export.front_end import front_end_path, load_front_end  # noqa: E402
+from kws_quant.export.tflite.ir import ShapeOp  # noqa: E402
 from kws_quant.models import KWSModelConfig, build_kws_model  # noqa: E402
 
 
@@ -98,13 +99,13 @@ def export_all(model, previous, rep, out):
                                                    previous)
     paths[f"{PREVIOUS}: int8, pooling folded"] = (
         T.to_tflite(previous, os.path.join(out, "fold.tflite"), rep, fold_pooling=True), previous)
-    original = T._Shape.depthwise_pool
-    T._Shape.depthwise_pool = staticmethod(lambda layer: False)  # ablation: keep the converter's AVERAGE_POOL_2D
+    original = ShapeOp.depthwise_pool
+    ShapeOp.depthwise_pool = staticmethod(lambda layer: False)  # ablation: keep the converter's AVERAGE_POOL_2D
     try:
         paths[f"{PREVIOUS}: int8 AVERAGE_POOL_2D"] = (
             T.to_tflite(previous, os.path.join(out, "avgpool.tflite"), rep), previous)
     finally:
-        T._Shape.depthwise_pool = original
+        ShapeOp.depthwise_pool = original
     return paths
 
 

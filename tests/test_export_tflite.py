@@ -9,6 +9,7 @@ import pytest
 import kws_quant  # noqa: F401  (registers the layers)
 from kws_quant import qat
 from kws_quant.export import tflite as T
+from kws_quant.export.tflite import flatbuffer
 from kws_quant.layers import QuantActivation, QuantBatchNormalization, QuantDense
 from kws_quant.models import KWSModelConfig, build_kws_model
 from shared_data import FSDD_RECORDINGS as FSDD
@@ -82,8 +83,8 @@ def folded_expectation(model):
 
 
 def op_names(path) -> list:
-    m = T._load_object(path)
-    return [T._op_name(m, op) for op in m.subgraphs[0].operators]
+    m = flatbuffer.load_object(path)
+    return [flatbuffer.op_name(m, op) for op in m.subgraphs[0].operators]
 
 
 def test_int8_weights_are_exactly_the_quantizer_codes(kws):
@@ -366,7 +367,7 @@ def test_per_channel_vectors_are_stored_once_and_names_can_be_stripped(kws):
     parameters and gives the same outputs."""
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
-    plain = bytes(fu.convert_object_to_bytearray(T._load_object(kws["int8"])))
+    plain = bytes(fu.convert_object_to_bytearray(flatbuffer.load_object(kws["int8"])))
     shared = open(kws["int8"], "rb").read()
     assert len(plain) - len(shared) >= 8 * (5 * 112 + 12)
     for a, b in zip(T.read_linear_ops(plain), T.read_linear_ops(shared)):

@@ -11,8 +11,8 @@ Importing this package registers the ``lloyd_max`` and ``gq`` quantizers (usable
   :func:`set_gq_hard`, :func:`gq_recipe`.
 - Native integer QAT (METHODS §7): :class:`NativeIntDense`, :class:`NativeIntConv1D`, :func:`to_native_int`.
 - NNA operator emulation (METHODS §8): :class:`NNADense`, :class:`NNALSTM`, :func:`to_nna`, and TFLite's fixed-point
-  primitives (:mod:`asr_ext.quant.nna`: ``quantize_multiplier``, ``multiply_by_quantized_multiplier``,
-  ``lut_table``, …).
+  primitives (:mod:`kws_quant.export.tflite.fixed_point`, also importable from :mod:`asr_ext.quant.nna`:
+  ``quantize_multiplier``, ``multiply_by_quantized_multiplier``, ``lut_table``, …).
 - Per-layer maps from layer-name patterns (:mod:`asr_ext.quant.bits_map`) and model conversion
   (:func:`with_quantizers`, :func:`copy_weights`).
 """

@@ -14,7 +14,8 @@ Numerics of :class:`NNADense` (TFLite ``FULLY_CONNECTED``, int8):
   ``(acc·M + 2^(30-shift)) >> (31-shift)`` (``rounding="single"``: TFLite built with ``TFLITE_SINGLE_ROUNDING``),
   plus ``z_y``, clamped to ``[-128, 127]`` narrowed by a fused ReLU/ReLU6 (``CalculateActivationRangeQuantized``).
 
-All of it runs on tf int32/int64 tensors, so it is bit-exact in eager, graph and XLA mode. The int8 export
+All of it runs on tf int32/int64 tensors, so it is bit-exact in eager, graph and XLA mode; the primitives live beside
+the exporter in :mod:`kws_quant.export.tflite.fixed_point` (re-exported here). The int8 export
 (:func:`kws_quant.export.tflite.to_tflite`, which writes the quantizers' own float32 grids that the emulation reads)
 run by LiteRT gives identical int8 outputs (``tests/test_nna.py``): ``"double"`` equals LiteRT's optimized builtin
 per-channel kernel (``make_interpreter(..., xnnpack=False)``), ``"single"`` its reference kernels
@@ -52,113 +53,15 @@ from keras import activations, ops
 
 from asr_ext.quant import bits_map as bm
 from asr_ext.quant.convert import clone_replacing
+from kws_quant.export.tflite.fixed_point import (INT8, INT16, INT32, LUT_OUTPUT, ROUNDINGS, lut_lookup, lut_table,
+                                              multiply_by_quantized_multiplier, quantize_multiplier,
+                                              round_half_away, rounding_divide_by_pot,
+                                              saturating_rounding_doubling_high_mul, to_int64)
 from kws_quant.layers import QuantDense, QuantLSTM
 from kws_quant.quantizers.base import check_bits, check_choice, ste
 from kws_quant.quantizers.linear import LinearQuantizer
 
-INT8 = (-128, 127)
-INT16 = (-(2 ** 15), 2 ** 15 - 1)
-INT32 = (-(2 ** 31), 2 ** 31 - 1)
-LUT_OUTPUT = {"sigmoid": (1.0 / 256, -128), "tanh": (1.0 / 128, 0)}
-"""Output ``(scale, zero point)`` TFLite requires of int8 ``LOGISTIC`` / ``TANH``."""
 _ACTIVATIONS = ("linear", "relu", "relu6")
-ROUNDINGS = ("double", "single")
-"""``MultiplyByQuantizedMultiplier`` variants: gemmlowp double rounding (TFLite's default, LiteRT's optimized int8
-per-channel kernels) or ``TFLITE_SINGLE_ROUNDING`` (LiteRT's reference kernels in the pip build; XNNPACK agreed with
-it in our runs, which ``tests/test_nna.py`` does not assert: its requantization depends on the CPU)."""
-
-
-# -- TFLite fixed-point arithmetic on tf int64 tensors holding int32 values -----------------------------------------
-def _i64(x):
-    return tf.cast(x, tf.int64)
-
-
-def saturating_rounding_doubling_high_mul(a, b):
-    """gemmlowp ``SaturatingRoundingDoublingHighMul``: ``round(a·b / 2^31)`` as int32 arithmetic does it (int64
-    tensors in and out, broadcasting)."""
-    a, b = _i64(a), _i64(b)
-    ab = a * b
-    nudge = tf.where(ab >= 0, tf.constant(1 << 30, tf.int64), tf.constant(1 - (1 << 30), tf.int64))
-    high = tf.truncatediv(ab + nudge, tf.constant(1 << 31, tf.int64))
-    overflow = tf.logical_and(tf.equal(a, b), tf.equal(a, INT32[0]))
-    return tf.where(overflow, tf.constant(INT32[1], tf.int64), high)
-
-
-def rounding_divide_by_pot(x, exponent):
-    """gemmlowp ``RoundingDivideByPOT``: ``x / 2^exponent`` rounded half away from zero (``exponent`` 0..31)."""
-    x, exponent = _i64(x), _i64(exponent)
-    mask = tf.bitwise.left_shift(tf.ones_like(exponent), exponent) - 1
-    remainder = tf.bitwise.bitwise_and(x, mask)
-    threshold = tf.bitwise.right_shift(mask, 1) + tf.cast(x < 0, tf.int64)
-    return tf.bitwise.right_shift(x, exponent) + tf.cast(remainder > threshold, tf.int64)
-
-
-def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str = "double"):
-    """TFLite ``MultiplyByQuantizedMultiplier``: ``x · multiplier · 2^(shift-31)`` rounded, int64 out.
-
-    ``x``: int32 values (any int dtype); ``multiplier`` (Q0.31, int32 values) and ``shift`` broadcast against it.
-    ``rounding="double"``: gemmlowp's ``RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x · 2^max(shift, 0),
-    M), max(-shift, 0))`` (TFLite's default; a left shift wraps around int32 as the C++ kernel does);
-    ``"single"``: ``(x·M + 2^(30-shift)) >> (31-shift)`` (builds with ``TFLITE_SINGLE_ROUNDING``, ruy).
-    """
-    check_choice("multiply_by_quantized_multiplier", "rounding", rounding, ROUNDINGS)
-    shift = _i64(shift)
-    if rounding == "single":
-        total = 31 - shift
-        return tf.bitwise.right_shift(_i64(x) * _i64(multiplier) + tf.bitwise.left_shift(
-            tf.ones_like(total), total - 1), total)
-    left = tf.maximum(shift, 0)
-    x = _i64(tf.cast(tf.bitwise.left_shift(_i64(x), left), tf.int32))  # x * (1 << left) in int32
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x, multiplier), tf.maximum(-shift, 0))
-
-
-def quantize_multiplier(real, rounding: str = "double"):
-    """TFLite ``QuantizeMultiplier``: a positive float64 multiplier as ``(M, shift)``, int64 tensors, with
-    ``real ≈ M · 2^(shift-31)``, ``M ∈ [2^30, 2^31)`` (``frexp`` by bit manipulation, ``round`` half away from zero;
-    ``shift < -31`` flushes to ``(0, 0)``; with ``rounding="single"`` a shift above 30 saturates to
-    ``(2^31-1, 30)``)."""
-    real = tf.cast(real, tf.float64)
-    bits = tf.bitcast(real, tf.int64)
-    shift = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 52), 0x7FF) - 1022
-    mantissa = tf.bitcast(tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(bits, (1 << 52) - 1), 1022 << 52), tf.float64)
-    q = tf.cast(tf.floor(mantissa * 2.0 ** 31 + 0.5), tf.int64)
-    carry = tf.equal(q, 1 << 31)
-    q, shift = tf.where(carry, q // 2, q), tf.where(carry, shift + 1, shift)
-    flush = tf.logical_or(shift < -31, real <= 0.0)
-    q, shift = tf.where(flush, tf.zeros_like(q), q), tf.where(flush, tf.zeros_like(shift), shift)
-    if rounding == "single":
-        big = shift > 30
-        q, shift = tf.where(big, tf.constant(INT32[1], tf.int64), q), tf.where(big, tf.constant(30, tf.int64), shift)
-    return q, shift
-
-
-def _round_away(v):
-    """C ``round`` (half away from zero) of float values, exact (float64)."""
-    v = tf.cast(v, tf.float64)
-    return tf.sign(v) * tf.floor(tf.abs(v) + 0.5)
-
-
-# -- lookup tables --------------------------------------------------------------------------------------------------
-def lut_table(kind: str, input_scale: float, input_zero_point: int) -> np.ndarray:
-    """The 256-entry int8 table TFLite builds for int8 ``LOGISTIC`` (``kind="sigmoid"``) or ``TANH``
-    (``LUTPopulate``): entry ``k`` is the output code of input code ``k - 128``, computed in float32 as the C++ code
-    (``s_in·(q - z_in)``, ``1/(1+expf(-x))`` or ``tanhf``, ``round(t / s_out) + z_out``, clamped). Returns int32 [256].
-    """
-    if kind not in LUT_OUTPUT:
-        raise ValueError(f"lut_table: kind={kind!r} is not allowed; allowed: {', '.join(map(repr, LUT_OUTPUT))}")
-    out_scale, out_zp = LUT_OUTPUT[kind]
-    x = np.float32(input_scale) * (np.arange(-128, 128) - int(input_zero_point)).astype(np.float32)
-    if kind == "sigmoid":  # expf / tanhf: the float64 result rounded to float32
-        t = np.float32(1) / (np.float32(1) + np.exp(-x.astype(np.float64)).astype(np.float32))
-    else:
-        t = np.tanh(x.astype(np.float64)).astype(np.float32)
-    r = (t * np.float32(1 / out_scale)).astype(np.float64)
-    return np.clip(np.sign(r) * np.floor(np.abs(r) + 0.5) + out_zp, *INT8).astype(np.int32)
-
-
-def lut_lookup(codes, table):
-    """Apply a :func:`lut_table` to int8 codes (any int dtype, values -128..127); int64 out."""
-    return _i64(tf.gather(tf.constant(table, tf.int32), _i64(codes) + 128))
 
 
 # -- shared parts ---------------------------------------------------------------------------------------------------
@@ -200,14 +103,14 @@ class _NNAMixin:
         _, n, scale, zp, _ = q.grid(tf.zeros((), tf.float32) if x is None else tf.cast(x, tf.float32),
                                     self.quantizer_state(role))
         offset = 0 if q.symmetric else 128  # asymmetric codes n ∈ [0, 255] → int8
-        return _i64(n) - offset, tf.cast(scale, tf.float32), _i64(zp) - offset
+        return to_int64(n) - offset, tf.cast(scale, tf.float32), to_int64(zp) - offset
 
     def _int_bias(self, bias, s_x, s_w, channels):
         """int32 bias on the accumulator's grid ``s_x·s_w`` (float64, half to even), ``[channels]`` int64."""
         if bias is None:
             return tf.zeros((channels,), tf.int64)
         q = tf.round(tf.cast(bias, tf.float64) / (tf.cast(s_x, tf.float64) * tf.cast(s_w, tf.float64)))
-        return _i64(tf.clip_by_value(q, *INT32))
+        return to_int64(tf.clip_by_value(q, *INT32))
 
     def _emulated(self, fake_quant, emulate):
         """``emulate()`` forward with ``fake_quant``'s gradient where the stage has the emulation on (≥ 1)."""
@@ -228,7 +131,7 @@ def _int_matmul(a, b):
     a = tf.cast(a, tf.int32)
     shape = tf.shape(a)
     out = tf.matmul(tf.reshape(a, [-1, shape[-1]]), tf.cast(b, tf.int32))
-    return _i64(tf.reshape(out, tf.concat([shape[:-1], tf.shape(out)[-1:]], 0)))
+    return to_int64(tf.reshape(out, tf.concat([shape[:-1], tf.shape(out)[-1:]], 0)))
 
 
 def _check_fan_in(layer, fan_in):
@@ -282,7 +185,7 @@ class NNADense(_NNAMixin, QuantDense):
         if self._fused != "linear":
             low = tf.maximum(low, z_y)
         if self._fused == "relu6":
-            high = tf.minimum(high, z_y + _i64(_round_away(tf.constant(6.0, tf.float32) / s_y)))
+            high = tf.minimum(high, z_y + to_int64(round_half_away(tf.constant(6.0, tf.float32) / s_y)))
         real = tf.cast(s_x, tf.float64) * tf.cast(s_w, tf.float64) / tf.cast(s_y, tf.float64)
         m, shift = quantize_multiplier(real, self.rounding)
         return {"input_scale": s_x, "input_zero_point": z_x, "kernel": q_w, "kernel_scale": s_w,
@@ -291,7 +194,7 @@ class NNADense(_NNAMixin, QuantDense):
                 "activation_min": low, "activation_max": high}
 
     def _forward(self, q_x, p):
-        acc = _int_matmul(_i64(q_x) - p["input_zero_point"], p["kernel"]) + p["bias"]
+        acc = _int_matmul(to_int64(q_x) - p["input_zero_point"], p["kernel"]) + p["bias"]
         y = multiply_by_quantized_multiplier(acc, p["multiplier"], p["shift"], self.rounding)
         return tf.clip_by_value(y + p["output_zero_point"], p["activation_min"], p["activation_max"])
 
@@ -381,8 +284,8 @@ class NNALSTM(_NNAMixin, QuantLSTM):
         p = self._params()
         q_x, _, _ = self._grid("input", x)
         acc_x = tf.transpose(_int_matmul(q_x - p["z_x"], p["q_w"]) + p["q_b"], [1, 0, 2])  # [T, B, 4H]
-        h0 = _i64(tf.clip_by_value(tf.round(tf.cast(h0, tf.float32) * 2.0 ** _H_FRAC), *INT8))
-        c0 = _i64(tf.clip_by_value(tf.round(tf.cast(c0, tf.float32) * 2.0 ** _CELL_FRAC), *INT16))
+        h0 = to_int64(tf.clip_by_value(tf.round(tf.cast(h0, tf.float32) * 2.0 ** _H_FRAC), *INT8))
+        c0 = to_int64(tf.clip_by_value(tf.round(tf.cast(c0, tf.float32) * 2.0 ** _CELL_FRAC), *INT16))
         hs, cs = tf.scan(lambda s, a: self._cell(a, *s, p), acc_x, initializer=(h0, c0))
         seq = tf.cast(tf.transpose(hs, [1, 0, 2]), tf.float32) * 2.0 ** -_H_FRAC
         return seq, seq[:, -1], tf.cast(cs[-1], tf.float32) * 2.0 ** -_CELL_FRAC
