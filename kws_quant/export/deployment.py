@@ -12,6 +12,18 @@
 and returns what it measured: file sizes (and the float32 export's, for the ratio), the LiteRT int8 model's test
 accuracy next to the Keras model's, the share of logits within one int8 output step of the Keras model, the worst
 error in steps and how often the two agree on the class.
+
+A model with a frame-synchronous streaming form (the zoo's ``dscnn``, ``tcresnet``:
+:func:`kws_quant.models.stream_state.to_streaming`) is exported in that form instead
+(:func:`kws_quant.export.tflite.to_tflite_streaming`):
+
+- ``stream_int8.tflite`` + ``stream_int8.stream.json``: one 20-ms hop in, logits and int8 state tensors out;
+- ``window_int8.tflite``: the same ops over a whole window (what re-running the window costs);
+- the packed payloads as above;
+
+and the checks stream every test window hop by hop from the zero state through the LiteRT file and the Keras
+streaming model (``within_one_step`` over the logits of every step; accuracies from each window's last step). A
+``QuantLSTM`` (the CRNN) has no exact int8 form: :class:`~kws_quant.export.tflite.UnsupportedModelError`.
 """
 from __future__ import annotations
 
@@ -56,11 +68,48 @@ def export_for_deployment(model, out_dir: str, calibration, test_windows, test_l
         absl_logging.set_verbosity(verbosity)
 
 
-def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
-            output_margin) -> dict:
+def _packed(model, out_dir, pack_presets) -> dict:
     from kws_quant.export.packing import pack
 
+    return {preset: int(pack(model, os.path.join(out_dir, preset), preset=preset)["payload_nbytes"])
+            for preset in pack_presets}
+
+
+def _export_stream(model, out_dir, calibration, x, test_labels, pack_presets, output_margin) -> dict:
+    from kws_quant.export.tflite.stream_export import check_streaming
+
+    out = {"form": "streaming", "test_windows": int(len(x))}
+    path = T.to_tflite_streaming(model, os.path.join(out_dir, "stream_int8.tflite"), calibration,
+                                 output_margin=output_margin)
+    f32 = T.to_tflite_window(model, os.path.join(out_dir, "stream_float32.tflite"), quantize=False, stream=True)
+    out["int8_bytes"], out["float32_bytes"] = os.path.getsize(path), os.path.getsize(f32)
+    os.remove(f32)  # only its size is needed
+    out["int8_vs_float32"] = out["float32_bytes"] / out["int8_bytes"]
+    check = check_streaming(model, path, x)
+    lite, keras_logits = check.pop("litert_last"), check.pop("keras_last")
+    out.update(check)
+    window = T.to_tflite_window(model, os.path.join(out_dir, "window_int8.tflite"), calibration,
+                                output_margin=output_margin)
+    keras_window = np.concatenate([np.asarray(model(x[i:i + 512], training=False)) for i in range(0, len(x), 512)])
+    werr = np.abs(T.run_tflite(window, x) - keras_window) / T.output_step(window)
+    out.update(window_bytes=os.path.getsize(window), window_within_one_step=float(np.mean(werr <= 1.0)))
+    if test_labels is not None:
+        y = np.asarray(test_labels)
+        out.update(keras_test_accuracy=float(np.mean(keras_logits.argmax(1) == y)),
+                   int8_test_accuracy=float(np.mean(lite.argmax(1) == y)))
+    out.update(int4_bytes=None, core_bytes=None, core_within_one_step=None,
+               packed_bytes=_packed(model, out_dir, pack_presets))
+    return out
+
+
+def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
+            output_margin) -> dict:
     os.makedirs(out_dir, exist_ok=True)
+    from kws_quant.models.stream_state import is_streamable
+
+    if is_streamable(model):
+        return _export_stream(model, out_dir, calibration, np.asarray(test_windows, np.float32), test_labels,
+                              pack_presets, output_margin)
     x = np.asarray(test_windows, np.float32)
     keras_logits = np.concatenate([np.asarray(model(x[i:i + 512], training=False)) for i in range(0, len(x), 512)])
     out = {"test_windows": int(len(x))}
@@ -95,8 +144,5 @@ def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_
         core = T.to_tflite(model, os.path.join(out_dir, "core.tflite"), calibration, split_front_end=True, **kw)
         core_err = np.abs(T.run_tflite(core, load_front_end(core).apply(x)) - keras_logits) / T.output_step(core)
         out["core_bytes"], out["core_within_one_step"] = os.path.getsize(core), float(np.mean(core_err <= 1.0))
-    out["packed_bytes"] = {}
-    for preset in pack_presets:
-        manifest = pack(model, os.path.join(out_dir, preset), preset=preset)
-        out["packed_bytes"][preset] = int(manifest["payload_nbytes"])
+    out["packed_bytes"] = _packed(model, out_dir, pack_presets)
     return out

@@ -84,6 +84,14 @@ class StreamingModel(tf.Module):
         self.state_shapes = tuple(tuple(s) for s in shapes)
 
     @property
+    def plan(self) -> tuple:
+        """The layers in execution order, as read for streaming: per node its ``layer``, ``kind`` (``input``,
+        ``conv``, ``pool``, ``lstm``, ``identity``, ``framewise``), ``inputs`` and ``output`` (tensor keys),
+        ``state`` (the buffer's ``(frames, channels)``, or ``("lstm", units)``) and ``frames_out`` (output frames
+        per step). What exports of the streaming form (:mod:`kws_quant.export.tflite.stream_graph`) read."""
+        return tuple(self._nodes)
+
+    @property
     def num_classes(self) -> int:
         return int(self.model.output_shape[-1])
 
@@ -253,6 +261,15 @@ def _state_layout(nodes, window: int, hop: int) -> tuple[list, int]:
     lstm = [nd for nd in nodes if nd.kind == "lstm"]
     first = max(last, window // hop - 1) if lstm else last
     return shapes + [()], first
+
+
+def is_streamable(model: keras.Model) -> bool:
+    """Whether :func:`to_streaming` can convert ``model`` (a zoo model, not the DNN)."""
+    try:
+        _plan(model)
+    except NotStreamableError:
+        return False
+    return True
 
 
 def to_streaming(model: keras.Model) -> StreamingModel:

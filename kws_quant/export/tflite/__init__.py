@@ -83,6 +83,8 @@ from kws_quant.export.tflite.exporter import to_tflite, to_tflite_float
 from kws_quant.export.tflite.flatbuffer import output_grid, output_step, read_linear_ops
 from kws_quant.export.tflite.ir import UnsupportedModelError
 from kws_quant.export.tflite.runtime import make_interpreter, quantize_input, run_tflite
+from kws_quant.export.tflite.stream_export import LiteRTStreamingModel, to_tflite_streaming, to_tflite_window
 
-__all__ = ["UnsupportedModelError", "make_interpreter", "output_grid", "output_step", "quantize_input",
-           "read_linear_ops", "run_tflite", "to_tflite", "to_tflite_float"]
+__all__ = ["LiteRTStreamingModel", "UnsupportedModelError", "make_interpreter", "output_grid", "output_step",
+           "quantize_input", "read_linear_ops", "run_tflite", "to_tflite", "to_tflite_float", "to_tflite_streaming",
+           "to_tflite_window"]

@@ -14,6 +14,7 @@ from kws_quant.export.tflite.ir import FakeQuantOp, ShapeOp, UnsupportedModelErr
 from kws_quant.export.tflite.runtime import make_interpreter
 from kws_quant.export.tflite.verify import verify_export
 from kws_quant.layers import QuantLayer
+from kws_quant.models.stream_state import is_streamable
 
 __all__ = ["to_tflite", "to_tflite_float"]
 
@@ -68,6 +69,18 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     if not 0.0 <= output_margin <= 1.0:
         raise ValueError(f"output_margin={output_margin!r} must be in [0, 1]")
+    try:
+        return _to_tflite(model, path, representative_data, quantize, io_dtype, int4, fold_pooling, output_margin,
+                          batch_size, strip_names, split_front_end)
+    except UnsupportedModelError as e:
+        if is_streamable(model):
+            raise UnsupportedModelError(f"{e}. Model {model.name!r} has a streaming form: export it with "
+                                        "kws_quant.export.tflite.to_tflite_streaming") from None
+        raise
+
+
+def _to_tflite(model, path, representative_data, quantize, io_dtype, int4, fold_pooling, output_margin, batch_size,
+               strip_names, split_front_end) -> str:
     layers = reader.read_chain(model)
     input_shape = [batch_size] + list(model.inputs[0].shape[1:])
     if any(d is None for d in input_shape):
@@ -81,6 +94,11 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
         input_shape = [batch_size] + list(front.output_shape)
     ops = passes.pool_before_affine(passes.fold_batchnorm(reader.read_ops(layers, quantize, stage_used),
                                                          quantize))
+    depthwise = [o.owner for o in ops if getattr(o, "kind", None) == "depthwise"]
+    if depthwise:
+        raise UnsupportedModelError(f"layer {depthwise[0]!r} (QuantDepthwiseConv1D): the chain export takes no "
+                                    "depthwise convolutions; export the model's streaming form with "
+                                    "kws_quant.export.tflite.to_tflite_streaming")
     if fold_pooling:
         before = len(ops)
         ops = passes.fold_pooling(ops)

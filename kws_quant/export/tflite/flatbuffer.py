@@ -11,8 +11,8 @@ import numpy as np
 
 from kws_quant.export.tflite.ir import ActivationOp, FakeQuantOp, LinearOp
 
-__all__ = ["LINEAR_OPS", "load_object", "op_name", "output_grid", "output_step", "patch", "read_linear_ops",
-           "serialize"]
+__all__ = ["LINEAR_OPS", "load_object", "op_name", "output_grid", "output_step", "patch",
+           "per_tensor_where_uniform", "read_linear_ops", "serialize", "set_quant", "tensor_values"]
 
 LINEAR_OPS = ("FULLY_CONNECTED", "CONV_2D")
 """The builtin ops a dense/conv layer (:class:`~kws_quant.export.tflite.ir.LinearOp`) converts to."""
@@ -41,7 +41,7 @@ def op_name(m, op) -> str:
     return next((k for k, v in vars(_schema().BuiltinOperator).items() if v == c), str(c))
 
 
-def _tensor_values(m, t) -> np.ndarray:
+def tensor_values(m, t) -> np.ndarray:
     """A constant tensor's values; INT4 tensors are unpacked to int8 (two codes a byte, low nibble first)."""
     schema = _schema()
     raw = np.asarray(m.buffers[t.buffer].data, np.uint8)
@@ -60,7 +60,7 @@ def _pack_int4(codes: np.ndarray) -> np.ndarray:
     return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
 
 
-def _set_quant(t, scale, axis=0):
+def set_quant(t, scale, axis=0):
     t.quantization.scale = [float(s) for s in np.asarray(scale, np.float32).ravel()]
     t.quantization.zeroPoint = [0] * len(t.quantization.scale)
     t.quantization.quantizedDimension = axis
@@ -113,7 +113,7 @@ def patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> byte
         # the converter's own weights must be the same tensor up to its re-quantization
         mine = codes * scale.reshape((-1,) + (1,) * (codes.ndim - 1)).astype(np.float64)
         theirs_s = np.asarray(w_t.quantization.scale, np.float64).reshape((-1,) + (1,) * (codes.ndim - 1))
-        theirs = _tensor_values(m, w_t).astype(np.float64) * theirs_s
+        theirs = tensor_values(m, w_t).astype(np.float64) * theirs_s
         if np.max(np.abs(theirs - mine)) > 1.01 * theirs_s.max() + 1e-6 * np.abs(mine).max(initial=0):
             raise RuntimeError(f"{lin.owner}: the converter's weights do not match the layer's; cannot patch")
         if int4 and lin.exact and lin.bits <= 4 and op_name(m, op) == "FULLY_CONNECTED" \
@@ -122,7 +122,7 @@ def patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> byte
             w_t.type = schema.TensorType.INT4
         else:
             m.buffers[w_t.buffer].data = np.frombuffer(codes.astype(np.int8).tobytes(), np.uint8).copy()
-        _set_quant(w_t, scale)
+        set_quant(w_t, scale)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             b_t = sg.tensors[op.inputs[2]]
             if b_t.type != schema.TensorType.INT32:
@@ -132,14 +132,14 @@ def patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> byte
             if np.abs(b_codes).max(initial=0) >= 2 ** 31:
                 raise RuntimeError(f"{lin.owner}: the bias overflows int32")
             m.buffers[b_t.buffer].data = np.frombuffer(b_codes.astype(np.int32).tobytes(), np.uint8).copy()
-            _set_quant(b_t, b_scale)
+            set_quant(b_t, b_scale)
         elif lin.has_bias and np.any(lin.bias != 0):
             raise RuntimeError(f"{lin.owner}: the converter dropped a non-zero bias")
-    _per_tensor_where_uniform(m, sg)
+    per_tensor_where_uniform(m, sg)
     return serialize(m, strip_names)
 
 
-def _per_tensor_where_uniform(m, sg) -> None:
+def per_tensor_where_uniform(m, sg) -> None:
     """An int8 kernel whose channels all have one scale (a per-tensor quantizer with no folded BN; the pooling's
     depthwise conv) gets per-tensor parameters for its weights and bias: 12 bytes instead of 12 per channel. INT4
     kernels stay per channel, as XNNPACK takes them."""
@@ -248,9 +248,9 @@ def read_linear_ops(path_or_bytes) -> list[dict]:
         in_t, w_t, o_t = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]], sg.tensors[op.outputs[0]]
         b_t = sg.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         out.append({
-            "op": name, "weights": _tensor_values(m, w_t), "weight_type": type_names.get(w_t.type, str(w_t.type)),
+            "op": name, "weights": tensor_values(m, w_t), "weight_type": type_names.get(w_t.type, str(w_t.type)),
             "scale": q(w_t, "scale").astype(np.float32), "zero_point": q(w_t, "zeroPoint").astype(np.int64),
-            "bias": None if b_t is None else _tensor_values(m, b_t),
+            "bias": None if b_t is None else tensor_values(m, b_t),
             "bias_scale": np.asarray([], np.float32) if b_t is None else q(b_t, "scale").astype(np.float32),
             "input_scale": q(in_t, "scale").astype(np.float32), "input_zero_point": q(in_t, "zeroPoint"),
             "output_scale": q(o_t, "scale").astype(np.float32), "output_zero_point": q(o_t, "zeroPoint"),

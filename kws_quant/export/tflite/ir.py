@@ -119,7 +119,7 @@ class LinearOp:
     """A dense/conv op: kernel ``scale[o] · codes[..., o]`` (exact codes) or a float kernel, plus folded BN."""
 
     owner: str
-    kind: str  # "dense" | "conv"
+    kind: str  # "dense" | "conv" | "depthwise" (1-D, kernel [taps, channels], depth multiplier 1)
     codes: np.ndarray | None  # integer codes in the Keras kernel layout; None for a float kernel
     bits: int | None  # the kernel quantizer's bits
     scale: np.ndarray  # float64 [out]
@@ -138,6 +138,9 @@ class LinearOp:
 
     def folded_kernel(self) -> np.ndarray:
         k = self.kernel
+        if self.in_gain is not None and self.kind == "depthwise":
+            raise UnsupportedModelError(f"layer {self.owner!r}: a batch-norm before a depthwise convolution cannot be "
+                                        "folded into it")
         if self.in_gain is not None:
             k = k * self.in_gain[:, None]
         if self.out_gain is not None:
@@ -170,6 +173,14 @@ class LinearOp:
         k = tf.constant(self.folded_kernel().astype(np.float32))
         if self.kind == "dense":
             y = tf.matmul(x, k) if len(x.shape) == 2 else tf.tensordot(x, k, axes=1)
+        elif self.kind == "depthwise":  # [B, T, C] as [B, 1, T, C]: a DEPTHWISE_CONV_2D with a [1, taps, C] filter
+            c = self.conv
+            if c["padding"] != "valid":
+                raise UnsupportedModelError(f"layer {self.owner!r}: only 'valid' depthwise convolutions export")
+            w = tf.reshape(k, [1, k.shape[0], k.shape[1], 1])
+            y = tf.nn.depthwise_conv2d(tf.expand_dims(x, 1), w, strides=[1, 1, c["strides"][0], 1], padding="VALID",
+                                       dilations=[1, c["dilation_rate"][0]])
+            y = tf.squeeze(y, 1)
         else:
             c = self.conv
             padding = c["padding"]

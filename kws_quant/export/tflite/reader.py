@@ -16,7 +16,7 @@ from kws_quant.export.front_end import FrontEnd
 from kws_quant.export.tflite.ir import (ActivationOp, BatchNormOp, FakeQuantOp, LinearOp, ShapeOp,
                                         UnsupportedModelError)
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense,
-                              QuantLayer)
+                              QuantDepthwiseConv1D, QuantLayer)
 
 __all__ = ["read_chain", "read_ops", "split_front_end"]
 
@@ -28,9 +28,10 @@ _SHAPE_LAYERS = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Averag
                  keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
                  keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D, keras.layers.ZeroPadding1D,
                  keras.layers.ZeroPadding2D)
-_LINEAR_LAYERS = (QuantDense, QuantConv1D, QuantConv2D, keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)
+_LINEAR_LAYERS = (QuantDense, QuantConv1D, QuantConv2D, QuantDepthwiseConv1D, keras.layers.Dense, keras.layers.Conv1D,
+                  keras.layers.Conv2D)
 _ACTIVATIONS = {keras.activations.linear: None, keras.activations.relu: "relu", keras.activations.relu6: "relu6"}
-_SUPPORTED = ("QuantDense, QuantConv1D, QuantConv2D, QuantBatchNormalization, QuantActivation (linear/relu/relu6), "
+_SUPPORTED = ("QuantDense, QuantConv1D, QuantConv2D, QuantDepthwiseConv1D (streaming export), QuantBatchNormalization, QuantActivation (linear/relu/relu6), "
               "Dense/Conv1D/Conv2D/BatchNormalization/Activation/ReLU (float export), pooling, Flatten, Reshape, "
               "ZeroPadding, Dropout/noise")
 
@@ -136,6 +137,10 @@ def _linear_op(layer, stage: int) -> LinearOp:
     has_bias = bool(getattr(layer, "use_bias", False)) and getattr(layer, "bias", None) is not None
     bias = _weight_value(layer, "bias", layer.bias, stage, cache) if has_bias else np.zeros(kernel.shape[-1])
     conv = None
+    if isinstance(layer, QuantDepthwiseConv1D):  # kernel [taps, channels]: per-channel scales on the last axis
+        conv = dict(strides=(layer.strides,), padding=layer.padding, dilation_rate=(layer.dilation_rate,))
+        return LinearOp(layer.name, "depthwise", codes, bits, scale, kernel, np.asarray(bias, np.float64), has_bias,
+                        conv)
     if len(kernel.shape) > 2:
         if getattr(layer, "groups", 1) != 1 or getattr(layer, "data_format", "channels_last") != "channels_last":
             raise UnsupportedModelError(f"layer {layer.name!r}: grouped or channels_first convolutions are not "
