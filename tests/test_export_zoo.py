@@ -167,3 +167,16 @@ def test_deployment_exports_the_streaming_form(exported, tmp_path):
     assert out["within_one_step"] >= 0.9 and out["window_within_one_step"] >= 0.9
     assert out["int8_vs_float32"] > 1 and out["packed_bytes"]["nna-5bit"] > 0  # a tiny model: mostly metadata
     assert abs(out["int8_test_accuracy"] - out["keras_test_accuracy"]) <= 0.15
+
+
+def test_stateful_litert_runner_scores_a_stream_like_the_keras_runner(exported):
+    from kws_quant.export.litert_stream import LiteRTStatefulRunner
+    from kws_quant.models.stream_state import StatefulStreamingRunner
+
+    feats = exported["rng"].normal(size=(150, 8)).astype("float32")
+    lite = LiteRTStatefulRunner(exported["path"])
+    keras_runner = StatefulStreamingRunner(exported["model"], block_steps=16, jit_compile=False)
+    a, b = lite.posteriors(feats), keras_runner.posteriors(feats)
+    assert a.shape == b.shape and (lite.window, lite.hop) == (keras_runner.window, keras_runner.hop)
+    np.testing.assert_array_equal(lite.end_frames(len(a)), keras_runner.end_frames(len(b)))
+    assert np.mean(np.abs(a - b) < 0.05) >= 0.95 and np.mean(a.argmax(1) == b.argmax(1)) >= 0.9

@@ -1,11 +1,16 @@
 """A LiteRT ``.tflite`` KWS model over long feature streams: the interface of
-:class:`kws_quant.models.StreamingRunner` (``window``, ``n_mels``, ``hop``, ``posteriors``), one window per invoke
-as on the device, so a streaming DET can score the deployed int8 file itself."""
+:class:`kws_quant.models.StreamingRunner` (``window``, ``n_mels``, ``hop``, ``posteriors``), as on the device, so a
+streaming DET can score the deployed int8 file itself: :class:`LiteRTStreamingRunner` runs a window model once per
+window, :class:`LiteRTStatefulRunner` a zoo model's streaming export
+(:func:`~kws_quant.export.tflite.to_tflite_streaming`) once per hop, its int8 state fed back."""
 from __future__ import annotations
 
 import numpy as np
 
-from kws_quant.export.tflite import make_interpreter, run_tflite
+import json
+
+from kws_quant.export.tflite import LiteRTStreamingModel, make_interpreter, run_tflite
+from kws_quant.export.tflite.stream_export import stream_metadata_path
 from kws_quant.models.streaming import stream_features
 
 
@@ -42,3 +47,31 @@ class LiteRTStreamingRunner:
             z = np.exp(logits - logits.max(axis=1, keepdims=True))
             out.append(z / z.sum(axis=1, keepdims=True))
         return np.concatenate(out).astype(np.float32)
+
+
+class LiteRTStatefulRunner:
+    """Run a streaming ``.tflite`` (:func:`~kws_quant.export.tflite.to_tflite_streaming`, with its
+    ``<name>.stream.json``) over ``[frames, n_mels]`` streams one hop per invoke from the zero state, with the
+    interface of :class:`kws_quant.models.stream_state.StatefulStreamingRunner`: output ``i`` is the posterior at
+    the step whose hop ends window ``i`` (ending at frame ``i * hop + window - 1``)."""
+
+    def __init__(self, path: str, num_threads: int = 1):
+        self.path = str(path)
+        with open(stream_metadata_path(self.path), encoding="utf-8") as f:
+            meta = json.load(f)
+        self.model = LiteRTStreamingModel(self.path, num_threads=num_threads)
+        self.window, self.hop, self.n_mels = int(meta["window"]), self.model.hop, self.model.n_mels
+        self.num_classes = self.model.num_classes
+
+    def posteriors(self, features: np.ndarray) -> np.ndarray:
+        """Class posteriors (softmax of the dequantized logits) ``[num_windows, classes]``."""
+        feats = stream_features(features, self.window, self.n_mels)
+        offset = self.window % self.hop
+        steps = (len(feats) - offset) // self.hop
+        logits = self.model.run(feats[offset:offset + steps * self.hop].reshape(steps, self.hop, self.n_mels))
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True))[(self.window - offset) // self.hop - 1:].astype(np.float32)
+
+    def end_frames(self, num_windows: int) -> np.ndarray:
+        """Index of the last frame of each output's window, ``[num_windows]``."""
+        return np.arange(num_windows) * self.hop + self.window - 1
