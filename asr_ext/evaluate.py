@@ -27,13 +27,15 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (default: <run_dir>/eval_
 def folder_config(run_dir: str, data_dir: str) -> dict:
     """The run's config pointed at ``data_dir`` (same source layout, features and decoding)."""
     from asr_ext.asr_experiment import asr_config
+    from kws_quant.run_files import read_json
     from kws_quant.training import merged
 
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not an asr_ext run directory: no config.json")
-    with open(path, encoding="utf-8") as f:
-        cfg = merged(asr_config().to_dict(), json.load(f))
+    saved = read_json(path, "the run's configuration", "it is written by asr_ext.train: restore it, or train the "
+                      "run again into a new --workdir")
+    cfg = merged(asr_config().to_dict(), saved)
     from kws_quant.data import require_evaluation_folder
 
     folder = require_evaluation_folder(data_dir, cfg["data"]["source"])
@@ -50,6 +52,7 @@ def evaluate_folder(run_dir: str, data_dir: str, phases=None, out_dir: str | Non
     import asr_ext  # noqa: F401  (registers the layers and the loss)
     from asr_ext.asr_experiment import evaluate, load_manifest, prepare_data
     from kws_quant.data import other_sample_rates
+    from kws_quant.run_files import check_keras_file
 
     cfg = folder_config(run_dir, data_dir)
     manifest = load_manifest(cfg).assign(split="test")
@@ -67,7 +70,10 @@ def evaluate_folder(run_dir: str, data_dir: str, phases=None, out_dir: str | Non
     out_dir = out_dir or os.path.join(run_dir, f"eval_{os.path.basename(os.path.normpath(data_dir))}")
     results = {}
     for phase in phases:
-        model = keras.saving.load_model(os.path.join(run_dir, phase, "model.keras"))
+        path = os.path.join(run_dir, phase, "model.keras")
+        check_keras_file(path, "delete it and run asr_ext.train again with the same command to train that phase "
+                         "again")
+        model = keras.saving.load_model(path)
         phase_dir = os.path.join(out_dir, phase)
         os.makedirs(phase_dir, exist_ok=True)
         results[phase] = {k: v for k, v in evaluate(model, data, cfg, phase_dir).items() if k != "examples"}

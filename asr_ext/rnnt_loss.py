@@ -44,6 +44,9 @@ def _static_checks(logits, labels, logit_lengths, label_lengths, blank):
                                         ("label_lengths", label_lengths)) if x.shape[0] is not None}
     if len(set(batch.values())) > 1:
         raise ValueError(f"rnnt_loss: batch sizes differ: {batch}")
+    if 0 in batch.values():
+        raise ValueError(f"rnnt_loss: the batch is empty (B = 0; logits shape {logits.shape}); give at least one "
+                         "utterance")
     v = logits.shape[3]
     if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)) or blank < 0 or \
             (v is not None and blank >= v):
@@ -85,6 +88,7 @@ def _graph_asserts(logits, labels, logit_lengths, label_lengths, blank):
     u_max = tf.shape(labels)[1]
     valid = tf.range(u_max)[None, :] < label_lengths[:, None]
     return [
+        tf.debugging.assert_positive(shape[0], message="rnnt_loss: the batch is empty (B = 0)"),
         tf.debugging.assert_equal(shape[2], u_max + 1, message="rnnt_loss: logits.shape[2] (U+1) must equal "
                                   "labels.shape[1] + 1"),
         tf.debugging.assert_greater_equal(logit_lengths, 1, message="rnnt_loss: logit_lengths must be >= 1"),
@@ -98,6 +102,23 @@ def _graph_asserts(logits, labels, logit_lengths, label_lengths, blank):
         tf.debugging.Assert(tf.reduce_all(~valid | ((labels >= 0) & (labels < shape[3]))),
                             ["rnnt_loss: labels outside [0, V) within label_lengths"]),
     ]
+
+
+def _untrusted(x, labels, logit_lengths, label_lengths, blank):
+    """[B] bool: utterances whose loss cannot be trusted, as tensor ops that XLA keeps (it drops asserts): a
+    non-finite logit (NaN, +inf or -inf, any of the V entries) at a node of the utterance's lattice (t < T_b,
+    u <= U_b), a length outside its range, or a label within U_b that is blank or outside [0, V). x: float32."""
+    shape = tf.shape(x)
+    t_max, u1, v = shape[1], shape[2], shape[3]
+    u_max = tf.shape(labels)[1]
+    valid = tf.range(u_max)[None, :] < label_lengths[:, None]
+    bad_label = tf.reduce_any(valid & ((labels == blank) | (labels < 0) | (labels >= v)), axis=1)
+    bad_length = ((logit_lengths < 1) | (logit_lengths > t_max) | (label_lengths < 0) | (label_lengths > u_max)
+                  | (u1 != u_max + 1))
+    in_lattice = ((tf.range(t_max)[None, :, None] < logit_lengths[:, None, None])
+                  & (tf.range(u1)[None, None, :] <= label_lengths[:, None, None]))
+    non_finite = tf.reduce_any(in_lattice & tf.reduce_any(~tf.math.is_finite(x), axis=3), axis=[1, 2])
+    return bad_label | bad_length | non_finite
 
 
 # -- lattice kernels ------------------------------------------------------------------------------------------
@@ -202,13 +223,22 @@ def rnnt_loss(logits, labels, logit_lengths, label_lengths, blank: int = 0, redu
         reduction: ``"none"`` -> [B]; ``"sum"`` / ``"mean"`` over the batch -> scalar.
 
     Returns:
-        float32 loss ``-log P(y_b | x_b)``. Padding (``t >= T_b``, ``u > U_b``) does not affect it and gets zero
-        gradient. The gradient w.r.t. ``logits`` has the logits' dtype.
+        float32 loss ``-log P(y_b | x_b)``. Padding (``t >= T_b``, ``u > U_b``) does not affect it (it may hold any
+        value, NaN included) and gets zero gradient. The gradient w.r.t. ``logits`` has the logits' dtype.
+        An utterance with a non-finite logit (NaN, +inf or -inf, in any of the V entries) at a node of its lattice
+        (``t < T_b``, ``u <= U_b``) gets a NaN loss and an all-NaN gradient, in every mode.
 
     Raises:
-        ValueError: bad rank/shape/dtype/blank/reduction, and (for concrete eager inputs) out-of-range lengths or
-            labels. Inside ``tf.function`` the value checks are ``tf.debugging`` asserts (InvalidArgumentError);
-            XLA (``jit_compile=True``) drops asserts, so there out-of-range values go unchecked.
+        ValueError: bad rank/shape/dtype/blank/reduction or an empty batch (``B = 0``, whenever B is known at trace
+            time), and (for concrete eager inputs) out-of-range lengths or labels.
+
+    Checks by mode: eagerly, every check raises ``ValueError``. Inside ``tf.function`` the shape checks raise
+    ``ValueError`` at trace time and the value checks (lengths, labels, a B only known at run time) are
+    ``tf.debugging`` asserts (``InvalidArgumentError``). XLA (``jit_compile=True``, Keras' default on a GPU) drops
+    asserts; there the same value checks are made in the compiled graph instead: each utterance with a length
+    outside its range or a label within ``label_lengths`` that is blank or outside ``[0, V)`` gets a NaN loss and
+    a NaN gradient (so Keras training stops on it with ``kws_quant.training.StopOnNonFiniteLoss``); a batch that is
+    empty only at run time gives an empty loss (``reduction="mean"``: NaN).
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"rnnt_loss: reduction={reduction!r} is not allowed; allowed: {_REDUCTIONS}")
@@ -236,6 +266,10 @@ def _rnnt_nll(logits, labels, logit_lengths, label_lengths, blank):
         x = tf.cast(tf.stop_gradient(logits_in), tf.float32)  # keep tapes out of the loops
         shape = tf.shape(x)
         t_max, u1, v = shape[1], shape[2], shape[3]
+        # NaN loss (and gradient) for an utterance that reads a non-finite logit or is out of range: without it a
+        # NaN at a lattice node can vanish in the max/logaddexp of the α loop (a finite loss, a NaN gradient), and
+        # under XLA, where asserts are dropped, out-of-range lengths or labels would give a number.
+        untrusted = _untrusted(x, labels, logit_lengths, label_lengths, blank)
         lp = tf.nn.log_softmax(x)  # [B, T, U1, V]; only its blank/label entries outlive the forward pass
         ids = tf.pad(tf.clip_by_value(labels, 0, v - 1), [[0, 0], [0, 1]])  # y_{u+1}; dummy at u = U, padding
         t_idx, u_idx = tf.range(t_max)[None, :, None], tf.range(u1)[None, None, :]
@@ -268,9 +302,10 @@ def _rnnt_nll(logits, labels, logit_lengths, label_lengths, blank):
             # recomputed from logits_in so that no float32 copy of low-precision logits is held between passes.
             g = tf.math.multiply_no_nan(tf.nn.softmax(tf.cast(logits_in, tf.float32)), occ_blank + occ_emit)
             g -= tf.one_hot(blank, v)[None, None, None, :] * occ_blank + tf.one_hot(ids, v)[:, None, :, :] * occ_emit
+            g = tf.where(untrusted[:, None, None, None], np.float32(np.nan), g)
             return tf.cast(g, logits_in.dtype)
 
-        return -log_p, grad
+        return tf.where(untrusted, np.float32(np.nan), -log_p), grad
 
     return nll(logits)
 

@@ -10,7 +10,6 @@ and PNG plots (``det.png``, ``memory.png``) to ``--out`` (default ``<run_dir>/re
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 import sys
@@ -45,10 +44,12 @@ def load_run(run_dir: str, names=None) -> tuple[dict, dict]:
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{run_dir} is not a kws_quant run directory: no config.json")
     from kws_quant.config_defaults import kws_config
+    from kws_quant.run_files import read_json
     from kws_quant.training import merged
 
-    with open(cfg_path, encoding="utf-8") as f:
-        cfg = merged(kws_config().to_dict(), json.load(f))  # keys added since the run keep their defaults
+    saved = read_json(cfg_path, "the run's configuration", "it is written by kws_quant.train: restore it, or train "
+                      "the run again into a new --workdir")
+    cfg = merged(kws_config().to_dict(), saved)  # keys added since the run keep their defaults
     from kws_quant.kws_experiment import ptq_phase_name
 
     phases = (["float", *map(ptq_phase_name, cfg["qat"].get("ptq_recipes", ())), *cfg["qat"]["recipes"]]
@@ -68,6 +69,9 @@ def load_kws_model(path: str, window: int, n_mels: int, num_classes: int):
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file does not exist: {path}")
+    from kws_quant.run_files import check_keras_file
+
+    check_keras_file(path, "delete it and run kws_quant.train again with the same command to train that phase again")
     try:
         model = keras.saving.load_model(path)
     except Exception as e:  # noqa: BLE001 — any load failure means "not a model we can read"
@@ -400,8 +404,10 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
     for name, path in paths.items():
         labels_path = os.path.join(os.path.dirname(path), "labels.json")
         if os.path.isfile(labels_path):
-            with open(labels_path, encoding="utf-8") as f:
-                saved = json.load(f)
+            from kws_quant.run_files import read_json
+
+            saved = read_json(labels_path, "the phase's label names", "delete it (the check of the label sets is then "
+                              "skipped for this phase)", kind=list)
             if saved != label_names:
                 raise ValueError(f"model {name!r} was trained on labels {saved}, the other models and the data "
                                  f"have {label_names}: mismatched label sets")
@@ -416,7 +422,13 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
             results.append(evaluate_model(f"{name} int8 LiteRT", model, streams, features, label_names,
                                           keyword_labels, stream_cfg, thresholds, fa_targets, n_boot, runner=runner))
     metrics_path = os.path.join(run_dir, "metrics.json")
-    clip = json.load(open(metrics_path, encoding="utf-8")) if os.path.isfile(metrics_path) else {}
+    if os.path.isfile(metrics_path):
+        from kws_quant.run_files import read_json
+
+        clip = read_json(metrics_path, "the run's metrics", "delete it and run kws_quant.train again with the same "
+                         "command: it evaluates the finished phases again")
+    else:
+        clip = {}
     if data_dir is not None:  # this folder's clip metrics, not the training run's
         clip = folder_clip_metrics(cfg, manifest, label_names, models, features, skip_bad_files)
     info = {"streams": len(streams), "hours": sum(len(s.audio) / s.sample_rate for s in streams) / 3600,

@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kws_quant.run_files import CheckedBackupAndRestore, check_keras_file, read_json, save_model_atomically
 
 
 def make_strategy(name: str = "default") -> tf.distribute.Strategy:
@@ -80,14 +83,19 @@ class RunDir:
         return os.path.join(self.path, phase, "model.keras")
 
     def is_complete(self, phase: str) -> bool:
-        return os.path.exists(self.model_path(phase))
+        """Whether ``<phase>/model.keras`` exists; one that exists but is damaged raises ``ValueError`` naming it."""
+        path = self.model_path(phase)
+        if not os.path.exists(path):
+            return False
+        check_keras_file(path, f"delete it to train phase {phase!r} again (from its first epoch)")
+        return True
 
     def save_config(self, config: dict) -> None:
         """Write ``config.json``; refuse to resume a run directory that was started with a different config."""
         path = os.path.join(self.path, "config.json")
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                old = json.load(f)
+            old = read_json(path, "the run's configuration", f"delete the run directory {self.path} or use a new "
+                            "--workdir")
             new = json.loads(json.dumps(config, default=_json_default))
             if old != new:
                 diff = sorted(k for k in set(_flatten(old)) | set(_flatten(new))
@@ -103,8 +111,13 @@ class RunDir:
     def load_metrics(self) -> dict:
         if not os.path.exists(self.metrics_path):
             return {}
-        with open(self.metrics_path, encoding="utf-8") as f:
-            return json.load(f)
+        metrics = read_json(self.metrics_path, "the run's metrics", "delete it: finished phases are evaluated again "
+                            "(their training history is then no longer in it)")
+        bad = [k for k, v in metrics.items() if not isinstance(v, dict)]
+        if bad:
+            raise ValueError(f"{self.metrics_path}: the run's metrics of phase {bad[0]!r} are not a JSON object; "
+                             "delete the file: finished phases are evaluated again")
+        return metrics
 
     def update_metrics(self, phase: str, values: dict) -> dict:
         metrics = self.load_metrics()
@@ -183,17 +196,21 @@ def resumable_fit(model: keras.Model, run: RunDir, phase: str, train_ds, epochs:
     resumed runs). The model must be compiled and built.
     """
     d = run.phase(phase)
-    backup = keras.callbacks.BackupAndRestore(os.path.join(d, "backup"), double_checkpoint=True,
-                                              save_freq=save_every_steps or "epoch", delete_checkpoint=True)
+    # The backup is deleted only once model.keras is saved (a kill while saving resumes from it); a damaged backup
+    # falls back to its previous copy or is one error naming the files (kws_quant.run_files).
+    backup = CheckedBackupAndRestore(os.path.join(d, "backup"), phase, double_checkpoint=True,
+                                     save_freq=save_every_steps or "epoch", delete_checkpoint=False)
     csv_path = os.path.join(d, "history.csv")
-    cbs = [backup, StopOnNonFiniteLoss(phase, os.path.join(d, "backup")), *callbacks,
-           keras.callbacks.CSVLogger(csv_path, append=True),
-           keras.callbacks.TensorBoard(os.path.join(d, "tensorboard"), write_graph=False)]
+    # Order: a NaN batch raises before a batch-level backup could save it; an epoch's CSV row is written before its
+    # backup, so a kill in between repeats the epoch (read_history keeps its last row) instead of losing its row.
+    cbs = [StopOnNonFiniteLoss(phase, os.path.join(d, "backup")), keras.callbacks.CSVLogger(csv_path, append=True),
+           backup, *callbacks, keras.callbacks.TensorBoard(os.path.join(d, "tensorboard"), write_graph=False)]
     start = time.perf_counter()
     model.fit(train_ds, epochs=epochs, validation_data=validation_data, callbacks=cbs, verbose=verbose,
               shuffle=False)  # datasets shuffle themselves
     seconds = time.perf_counter() - start
-    model.save(run.model_path(phase))
+    save_model_atomically(model, run.model_path(phase))
+    shutil.rmtree(os.path.join(d, "backup"), ignore_errors=True)
     return {"history": read_history(csv_path), "train_seconds": seconds}
 
 

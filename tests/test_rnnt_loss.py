@@ -2,6 +2,7 @@
 mixed precision, input validation and the Keras Loss."""
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -246,6 +247,103 @@ def test_graph_mode_checks():
         run(tf.constant(labels), tf.constant([5, 6]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels contain the blank id"):
         run(tf.constant([[1, 0, 3], [4, 5, -1]]), tf.constant(tl))
+
+
+def test_empty_batch_is_a_value_error():
+    logits, labels, tl, ul = (x[:0] for x in _valid_inputs())
+    for call in (lambda: rnnt_loss(logits, labels, tl, ul),  # eager
+                 lambda: tf.function(lambda x: rnnt_loss(x, labels, tl, ul, reduction="mean"))(logits),  # traced
+                 lambda: RNNTLoss()(rnnt_targets(labels, tl, ul), logits)):
+        with pytest.raises(ValueError, match=r"rnnt_loss: the batch is empty \(B = 0"):
+            call()
+    # B known only at run time: an assert in a graph (under XLA, an empty loss: documented)
+    spec = [tf.TensorSpec([None, 5, 4, 6]), tf.TensorSpec([None, 3], tf.int32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32)]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="the batch is empty"):
+        tf.function(rnnt_loss, input_signature=spec)(logits, labels, tl.astype(np.int32), ul.astype(np.int32))
+
+
+# A non-finite logit at a node the loss reads (t < T_b, u <= U_b, any of the V entries); batch of _valid_inputs:
+# T = (5, 4), U = (3, 2), V = 6, blank 0.
+NODES = {"blank entry": (0, 2, 1, 0), "label entry": (0, 2, 1, 2), "unused entry": (0, 2, 1, 5),
+         "first node": (0, 0, 0, 3), "last node of a shorter utterance": (1, 3, 2, 1)}
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("node", list(NODES))
+def test_non_finite_logit_in_the_lattice_gives_nan_loss_and_gradient(node, value):
+    """It used to give a finite loss (the NaN vanished in the α loop's max) with a NaN gradient."""
+    logits, labels, tl, ul = _valid_inputs()
+    logits = np.random.default_rng(10).normal(size=logits.shape).astype(np.float32)
+    clean_loss, clean_grad = loss_and_grad(logits, labels, tl, ul)
+    bad = logits.copy()
+    bad[NODES[node]] = value
+    b, other = NODES[node][0], 1 - NODES[node][0]
+    loss, grad = loss_and_grad(bad, labels, tl, ul)
+    grad = grad.numpy()
+    assert np.isnan(loss[b]) and np.isnan(grad[b]).all()
+    # the other utterance of the batch is untouched (same code path: equal up to float32 rounding)
+    assert loss[other] == pytest.approx(clean_loss[other], rel=1e-6)
+    np.testing.assert_allclose(grad[other], clean_grad.numpy()[other], atol=1e-6)
+    assert np.isnan(rnnt_loss(bad, labels, tl, ul, reduction="mean").numpy())
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_loss_and_grad():
+    """One XLA-compiled (loss, gradient) function for the tests below: compiled once per input shape."""
+    spec = [tf.TensorSpec([None, None, None, 6]), tf.TensorSpec([None, None], tf.int32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)]
+
+    @tf.function(jit_compile=True, input_signature=spec)
+    def run(x, y, t, u):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = rnnt_loss(x, y, t, u)
+            total = tf.reduce_sum(loss)
+        return loss, tape.gradient(total, x)
+
+    return run
+
+
+@pytest.mark.parametrize("change,b", [
+    (dict(labels=[[1, 0, 3], [4, 5, -1]]), 0),  # a blank label within label_lengths
+    (dict(labels=[[1, 2, 3], [4, 6, -1]]), 1),  # a label outside [0, V)
+    (dict(labels=[[1, -3, 3], [4, 5, -1]]), 0),
+    (dict(logit_lengths=[5, 6]), 1),  # beyond T
+    (dict(logit_lengths=[0, 4]), 0),
+    (dict(label_lengths=[4, 2]), 0),  # beyond U
+    (dict(label_lengths=[3, -1]), 1),
+    (dict(nan_at=(0, 2, 1, 3)), 0),  # a non-finite logit at a node of the lattice
+])
+def test_value_checks_under_xla_give_a_nan_loss_per_utterance(change, b):
+    """XLA drops asserts: every value check that raises eagerly is still made there, as a NaN loss and gradient
+    for the utterance that fails it (the other keeps its loss). This used to return numbers."""
+    logits, labels, tl, ul = _valid_inputs()
+    logits = np.random.default_rng(11).normal(size=logits.shape).astype(np.float32)
+    eager = rnnt_loss(logits, labels, tl, ul).numpy()
+    bad = dict(logits=logits.copy(), labels=labels, logit_lengths=tl, label_lengths=ul)
+    if "nan_at" in change:
+        bad["logits"][change["nan_at"]] = np.nan
+    else:
+        bad.update(change)
+        with pytest.raises(ValueError, match=next(iter(change))):  # eagerly: an error naming the argument
+            rnnt_loss(**bad)
+    loss, grad = (t.numpy() for t in _xla_loss_and_grad()(
+        tf.constant(bad["logits"]), *(tf.constant(bad[k], tf.int32) for k in ("labels", "logit_lengths",
+                                                                             "label_lengths"))))
+    assert np.isnan(loss[b]) and np.isnan(grad[b]).all()
+    # the other utterance: XLA and eager are different compilations, equal up to float32 rounding
+    assert loss[1 - b] == pytest.approx(eager[1 - b], rel=1e-5)
+    assert np.isfinite(grad[1 - b]).all()
+
+
+def test_valid_input_under_xla_matches_eager():
+    rng = np.random.default_rng(12)
+    logits, labels, tl, ul = random_batch(rng, [4, 2, 3], [3, 1, 0], vocab=6)
+    loss, grad = (t.numpy() for t in _xla_loss_and_grad()(tf.constant(logits, tf.float32), labels, tl, ul))
+    eager_loss, eager_grad = loss_and_grad(logits, labels, tl, ul)
+    np.testing.assert_allclose(loss, eager_loss, rtol=1e-5)
+    np.testing.assert_allclose(grad, eager_grad.numpy(), atol=1e-5)
 
 
 # -- Keras ----------------------------------------------------------------------------------------------------

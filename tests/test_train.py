@@ -1,10 +1,10 @@
 """The training script as a user runs it: resume after a kill, bad input, distribution, the run directory."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -37,33 +37,67 @@ def history_epochs(path):
         return []
 
 
-def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
-    args = tiny_args(tmp_path, "--config.report.enabled=False", "--config.export.enabled=False", float_epochs=40)
-    hist = tmp_path / "run" / "float" / "history.csv"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    deadline = time.time() + 400
-    while len(history_epochs(hist)) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed:\n" + proc.stdout.read()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = set(history_epochs(hist))
-    assert len(done_before) >= 3 and not (tmp_path / "run" / "float" / "model.keras").exists()
+# Runs kws_quant.train with a hook that SIGKILLs the process right after Keras' BackupAndRestore has written the
+# backup of epoch KILL_AFTER (the first phase's), at a known point rather than after a timer.
+KILL_AFTER = 2
+KILL_HOOK = f"""
+import os, runpy, signal, sys
+import keras
+save = keras.callbacks.BackupAndRestore.on_epoch_end
+def on_epoch_end(self, epoch, logs=None):
+    save(self, epoch, logs)
+    if epoch + 1 == {KILL_AFTER}:
+        print("killing after the backup of epoch", epoch + 1, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+keras.callbacks.BackupAndRestore.on_epoch_end = on_epoch_end
+runpy.run_module("kws_quant.train", run_name="__main__", alter_sys=True)
+"""
 
+
+def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
+    """Killed right after the backup of epoch 2 of 3 was written, then started again with the same command: it
+    resumes at epoch 3 and the history has every epoch exactly once. Damaged run files in between: one error line
+    naming the file, exit status 2."""
+    args = tiny_args(tmp_path, "--config.report.enabled=False", "--config.export.enabled=False", float_epochs=3)
+    phase = tmp_path / "run" / "float"
+    killed = run([sys.executable, "-c", KILL_HOOK, *args[3:]])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "killing after the backup of epoch 2" in killed.stdout
+    assert json.load(open(phase / "backup" / "training_metadata.json"))["epoch"] == KILL_AFTER
+    assert history_epochs(phase / "history.csv") == [0, 1]  # the row of epoch 2 is written before its backup
+    assert not (phase / "model.keras").exists()
+
+    # both weight backups truncated (it was an OSError traceback naming no file)
+    shutil.copytree(phase / "backup", tmp_path / "backup.good")
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        (phase / "backup" / name).write_bytes((phase / "backup" / name).read_bytes()[:100])
     out = run(args)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: phase 'float': cannot resume from its backup: ") and \
+        f"{phase / 'backup' / 'latest.weights.h5'}: not readable" in last and \
+        last.endswith(f"Delete the folder {phase / 'backup'} to restart phase 'float' from its first epoch"), last
+
+    shutil.rmtree(phase / "backup")
+    shutil.copytree(tmp_path / "backup.good", phase / "backup")
+    out = run(args)  # the same command
     assert out.returncode == 0, out.stderr[-3000:]
-    first_epoch = int(out.stdout.split("Epoch ")[1].split("/")[0])  # Keras counts from 1
-    assert first_epoch - 1 >= max(done_before)  # resumed after the last completed epoch, not from scratch
-    final = history_epochs(hist)
-    assert sorted(set(final)) == list(range(40))  # every epoch exactly once after de-duplication
+    assert int(out.stdout.split("Epoch ")[1].split("/")[0]) == KILL_AFTER + 1  # Keras counts from 1
+    assert history_epochs(phase / "history.csv") == [0, 1, 2]  # every epoch exactly once, none lost
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
     assert set(metrics) == {"float", "tanh4"} and metrics["tanh4"]["stage"] == 2
-    assert len(metrics["float"]["history"]["loss"]) == 40
+    assert len(metrics["float"]["history"]["loss"]) == 3
+    assert not (phase / "backup").exists()
 
-    again = run(args)  # a finished run is not retrained
-    assert again.returncode == 0 and "Epoch 1/" not in again.stdout
+    # finished phases are not trained again; a damaged model file is one line naming it (Keras said "File not
+    # found" about a file that exists)
+    model = tmp_path / "run" / "tanh4" / "model.keras"
+    model.write_bytes(model.read_bytes()[:1000])
+    again = run(args)
+    assert again.returncode == 2 and "Epoch 1/" not in again.stdout and "Traceback" not in again.stderr
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: {model}: not a readable Keras model file: not a zip archive (truncated or overwritten?); delete "
+        "it to train phase 'tanh4' again (from its first epoch)")
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):

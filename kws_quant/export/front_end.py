@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -130,24 +131,89 @@ class FrontEnd:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "front end") -> "FrontEnd":
-        if d.get("format") != FORMAT:
-            raise ValueError(f"{where}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}")
-        for key in ("steps", "input_shape", "output_shape"):
-            if key not in d:
-                raise ValueError(f"{where}: field {key!r} is missing")
-        for i, step in enumerate(d["steps"]):
-            op = step.get("op")
-            if op == "affine":
-                if len(step.get("gain", [])) != len(step.get("offset", [])) or not step.get("gain"):
-                    raise ValueError(f"{where}: steps[{i}] (affine) needs 'gain' and 'offset' of one length")
-            elif op == "average_pool":
-                if not isinstance(step.get("size"), int) or step["size"] < 1:
-                    raise ValueError(f"{where}: steps[{i}] (average_pool) field 'size' is {step.get('size')!r}; "
-                                     "expected a positive integer")
-            else:
-                raise ValueError(f"{where}: steps[{i}] field 'op' is {op!r}; expected 'affine' or 'average_pool'")
+        """The front end described by ``d`` (what :meth:`to_dict` writes), checked field by field first: anything
+        else (a missing field or one of another type, an unknown field, a non-finite number, a gain that does not
+        match the channels, shapes that do not follow from the steps) raises ``ValueError`` naming ``where`` and
+        the field."""
+        _check_dict(d, where)
         return cls(list(d["steps"]), tuple(d["input_shape"]), tuple(d["output_shape"]), d.get("scale"),
-                   d.get("zero_point"), bool(d.get("narrow_range", False)))
+                   d.get("zero_point"), d.get("narrow_range", False))
+
+
+_FIELDS = {"format", "steps", "input_shape", "output_shape", "scale", "zero_point", "narrow_range"}
+_OPTIONAL = {"scale", "zero_point", "narrow_range"}  # null, null, false: a float export
+_STEP_FIELDS = {"affine": {"op", "layer", "gain", "offset"}, "average_pool": {"op", "layer", "size"}}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_dict(d, where: str) -> None:
+    """Raise ``ValueError`` ``"<where>: field ... "`` unless ``d`` is a valid front-end description."""
+    def bad(field, value, expected):
+        raise ValueError(f"{where}: field {field!r} is {value!r}; expected {expected}")
+
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: must be a JSON object with the fields {sorted(_FIELDS)}, not "
+                         f"{type(d).__name__}")
+    if d.get("format") != FORMAT:
+        raise ValueError(f"{where}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}")
+    missing, unknown = sorted(_FIELDS - _OPTIONAL - set(d)), sorted(map(str, set(d) - _FIELDS))
+    if missing:
+        raise ValueError(f"{where}: field {missing[0]!r} is missing")
+    if unknown:
+        raise ValueError(f"{where}: field {unknown[0]!r} is not part of {FORMAT}")
+    for key in ("input_shape", "output_shape"):
+        v = d[key]
+        if not (isinstance(v, list) and v and all(_is_int(n) and n >= 1 for n in v)):
+            bad(key, v, "a non-empty list of positive integers")
+    if not isinstance(d["steps"], list):
+        bad("steps", d["steps"], "a list")
+    channels, frames = d["input_shape"][-1], d["input_shape"][0]
+    for i, step in enumerate(d["steps"]):
+        if not isinstance(step, dict):
+            raise ValueError(f"{where}: steps[{i}] is {step!r}; expected an object")
+        op = step.get("op")
+        if not isinstance(op, str) or op not in _STEP_FIELDS:
+            raise ValueError(f"{where}: steps[{i}] field 'op' is {op!r}; expected 'affine' or 'average_pool'")
+        extra = sorted(map(str, set(step) - _STEP_FIELDS[op]))
+        missing = sorted(_STEP_FIELDS[op] - {"layer"} - set(step))
+        if extra or missing:
+            raise ValueError(f"{where}: steps[{i}] ({op}) field {(extra or missing)[0]!r} is "
+                             f"{'not part of the step' if extra else 'missing'}")
+        if not isinstance(step.get("layer", ""), str):
+            bad(f"steps[{i}].layer", step["layer"], "a layer name (a string)")
+        if op == "affine":
+            for key in ("gain", "offset"):
+                v = step[key]
+                if not (isinstance(v, list) and len(v) == channels and all(map(_is_number, v))):
+                    bad(f"steps[{i}].{key}", v if not isinstance(v, list) or len(v) <= 8 else f"[{len(v)} values]",
+                        f"a list of {channels} finite numbers (one per channel of input_shape)")
+        else:
+            if not (_is_int(step["size"]) and 1 <= step["size"] <= frames):
+                raise ValueError(f"{where}: steps[{i}] (average_pool) field 'size' is {step['size']!r}; expected "
+                                 f"a positive integer <= the frames in ({frames})")
+            frames //= step["size"]
+    expected = [frames, *d["input_shape"][1:]]
+    if d["output_shape"] != expected:
+        bad("output_shape", d["output_shape"], f"{expected} (input_shape {d['input_shape']} through the steps)")
+    scale, zero_point = d.get("scale"), d.get("zero_point")
+    if scale is None or zero_point is None:
+        if (scale, zero_point) != (None, None):
+            raise ValueError(f"{where}: fields 'scale' and 'zero_point' are {scale!r} and {zero_point!r}; expected "
+                             "both null (a float export) or both set (int8)")
+    else:
+        if not (_is_number(scale) and scale > 0):
+            bad("scale", scale, "a finite number > 0")
+        if not (_is_int(zero_point) and -128 <= zero_point <= 127):
+            bad("zero_point", zero_point, "an integer in [-128, 127]")
+    if not isinstance(d.get("narrow_range", False), bool):
+        bad("narrow_range", d["narrow_range"], "true or false")
 
 
 def _affine(x, step: dict) -> np.ndarray:
@@ -167,9 +233,9 @@ def load_front_end(path) -> FrontEnd:
         path = front_end_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no front end here (written by to_tflite(..., split_front_end=True))")
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
     return FrontEnd.from_dict(d, where=path)
