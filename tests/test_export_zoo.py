@@ -144,6 +144,8 @@ def test_unsupported_models_name_the_problem(tmp_path):
     dnn = build_kws_model(KWSModelConfig(window_frames=40, n_mels=8, hidden=(8, 8)), 4, "tanh4")
     with pytest.raises(T.UnsupportedModelError, match="has no streaming form: layer 'pool' \\(AveragePooling1D\\)"):
         T.to_tflite_streaming(dnn, tmp_path / "d.tflite", x)
+    with pytest.raises(T.UnsupportedModelError, match="has no quantized layers; the int8 export needs a QAT model"):
+        T.to_tflite_streaming(small_model("dscnn"), tmp_path / "f.tflite", x)
     model = small_model("tcresnet", "tanh4")
     qat.set_stage(model, 1)
     with pytest.raises(T.UnsupportedModelError, match="QAT stage 1; the int8 export needs stage 2"):

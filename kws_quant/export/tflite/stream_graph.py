@@ -171,6 +171,10 @@ def read_stream_graph(model) -> StreamGraph:
     except NotStreamableError as e:
         raise UnsupportedModelError(f"model {model.name!r} has no streaming form: {e}") from None
     stage = qat.get_stage(model)
+    if stage is None:
+        raise UnsupportedModelError(f"model {model.name!r} has no quantized layers; the int8 export needs a QAT "
+                                    "model: build it with a quantization recipe (e.g. 'tanh4') and train it into "
+                                    "stage 2")
     if stage != 2:
         raise UnsupportedModelError(f"model {model.name!r} is in QAT stage {stage}; the int8 export needs stage 2 "
                                     "(inputs and activations quantized, with trained ranges). Train it through stage "
