@@ -79,14 +79,8 @@ def load_windows(cfg, calib_n: int, test_n: int | None):
 
     data = prepare_data(cfg)
 
-    def take(ds, limit):
-        xs, ys, n = [], [], 0
-        for x, y in ds:
-            xs.append(x.numpy())
-            ys.append(y.numpy())
-            n += len(xs[-1])
-            if limit and n >= limit:
-                break
+    def take(ds, limit):  # the whole split (a few thousand clips at most), then the first `limit` windows
+        xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
         return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
     return take(data.validation, calib_n)[0], *take(data.test, test_n)

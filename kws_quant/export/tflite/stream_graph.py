@@ -10,13 +10,13 @@ execution order, each conv/pooling with the frames it buffers) into a small DAG 
 - :class:`Buffer`: a state tensor: the last ``frames`` values of its source, concatenated before the new ones; it is
   quantized on its source's grid (an int8 state tensor of the LiteRT model);
 - :class:`Join` (a residual ``Add``), :class:`Mean` (``GlobalAveragePooling1D`` over the buffered frames, as a
-  depthwise convolution with weights ``1/T``: exact sums, one rounding, where LiteRT's int8 MEAN is several steps off),
+  depthwise convolution with weights ``1/T``: int32 sums, one rounding),
   :class:`Crop` (a crop at the start of time: the identity when streaming, a slice on a whole window).
 
 Where an int8 model needs a grid the Keras model does not have (a residual branch's un-activated batch-norm output
 before the ``Add``, the pooled average, the logits), a *calibrated* quantization point is added
 (``FakeQuantOp.role == "calibrated"``): its range is the min/max that :func:`calibrate` observes on representative
-windows, widened by a margin. These points are the only roundings the Keras model does not make.
+windows, widened by a margin. These are the only quantization points the Keras model does not have.
 
 :meth:`StreamGraph.step` runs one hop (``[B, hop, n_mels]`` + states → logits + states) and
 :meth:`StreamGraph.whole` the whole window with the same ops (valid convolutions over all frames, the crops applied):
@@ -79,9 +79,8 @@ def _calibrated(owner: str) -> FakeQuantOp:
 
 
 def _average(x):
-    """The average over time ``[B, T, C] → [B, C]`` as a depthwise convolution with weights ``1/T``: LiteRT's int8
-    MEAN rounds the average to a grid up to several output steps away from it, a DEPTHWISE_CONV_2D (int32 sums, one
-    requantization) to within half a step."""
+    """The average over time ``[B, T, C] → [B, C]`` as a depthwise convolution with weights ``1/T`` (int32 sums, one
+    requantization), as the window export averages after a quantizer."""
     frames, channels = int(x.shape[1]), int(x.shape[2])
     w = tf.constant(np.full((1, frames, channels, 1), 1.0 / frames, np.float32))
     y = tf.nn.depthwise_conv2d(tf.expand_dims(x, 1), w, strides=[1, 1, 1, 1], padding="VALID")
