@@ -182,3 +182,23 @@ def test_stateful_litert_runner_scores_a_stream_like_the_keras_runner(exported):
     assert a.shape == b.shape and (lite.window, lite.hop) == (keras_runner.window, keras_runner.hop)
     np.testing.assert_array_equal(lite.end_frames(len(a)), keras_runner.end_frames(len(b)))
     assert np.mean(np.abs(a - b) < 0.05) >= 0.95 and np.mean(a.argmax(1) == b.argmax(1)) >= 0.9
+
+
+@pytest.mark.parametrize("arch", ["dscnn", "tcresnet"])
+def test_streaming_export_matches_keras_on_real_speech_features(arch, tmp_path):
+    """Ranges and batch-norm statistics set on real log-mel windows (eSpeak NG speech), exported, and each other
+    real window streamed hop by hop through LiteRT and Keras (measured: 99.2 % / 99.8 % of the logits of all steps
+    within one output step, the worst 1.4 / 1.2 steps)."""
+    from test_export_tflite import speech_windows
+
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    windows = speech_windows("espeak", rng)
+    calib, test = windows[::2], windows[1::2]
+    model = small_model(arch, "tanh4", window=98, n_mels=40, classes=12, seed=1)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)
+    model.fit(np.concatenate([calib] * 8), rng.integers(0, 12, 8 * len(calib)), epochs=1, batch_size=16, verbose=0)
+    path = T.to_tflite_streaming(model, tmp_path / f"{arch}.tflite", calib)
+    check = check_streaming(model, path, test)
+    assert check["within_one_step"] >= 0.95 and check["argmax_agreement"] >= 0.9, check["within_one_step"]
