@@ -202,3 +202,18 @@ def test_streaming_export_matches_keras_on_real_speech_features(arch, tmp_path):
     path = T.to_tflite_streaming(model, tmp_path / f"{arch}.tflite", calib)
     check = check_streaming(model, path, test)
     assert check["within_one_step"] >= 0.95 and check["argmax_agreement"] >= 0.9, check["within_one_step"]
+
+
+def test_export_cli_streaming(exported, tmp_path):
+    from kws_quant.export.__main__ import UsageError, run
+
+    model_path, rep = tmp_path / "m.keras", tmp_path / "w.npy"
+    exported["model"].save(model_path)
+    np.save(rep, data(exported["rng"], 32)[0])
+    path = run(["x", f"--model={model_path}", f"--out={tmp_path / 'out' / 's.tflite'}", "--streaming",
+                f"--representative={rep}"])
+    assert LiteRTStreamingModel(path).state_names and (tmp_path / "out" / "s.stream.json").is_file()
+    with pytest.raises(UsageError, match="--streaming needs --representative"):
+        run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming"])
+    with pytest.raises(UsageError, match="--streaming does not take --int4"):
+        run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming", "--int4"])

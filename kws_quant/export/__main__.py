@@ -4,10 +4,14 @@
     python -m kws_quant.export --model=run/tanh4/model.keras --out=model_f32.tflite --float
     python -m kws_quant.export --model=... --out=... --representative=windows.npy --int4
     python -m kws_quant.export --model=... --out=core.tflite --split_front_end   # + core.front_end.json
+    python -m kws_quant.export --model=run/tanh4/model.keras --out=stream.tflite --streaming --representative=w.npy
 
 ``--representative`` is a ``.npy`` of float feature windows ``[n, frames, mels]`` used to calibrate the output
 (logit) range; without it the range comes from synthetic windows (a warning says so). The directory of ``--out`` is
-created if it is missing. See :func:`kws_quant.export.tflite.to_tflite` for every option.
+created if it is missing. See :func:`kws_quant.export.tflite.to_tflite` for every option. ``--streaming`` exports a
+zoo model (DS-CNN, TC-ResNet) in its streaming form, one hop per invoke with int8 state tensors
+(:func:`kws_quant.export.tflite.to_tflite_streaming`; ``stream.stream.json`` beside it); it needs
+``--representative``.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ flags.DEFINE_bool("split_front_end", False, "Move the leading per-frame layers (
                   flag_values=FLAGS)
 flags.DEFINE_bool("strip_names", False, "Drop intermediate tensor names (a few hundred bytes; input/output names "
                   "and the signature stay).", flag_values=FLAGS)
+flags.DEFINE_bool("streaming", False, "Export a zoo model's streaming form: one hop per invoke, int8 state tensors "
+                  "in and out (needs --representative).", flag_values=FLAGS)
 flags.DEFINE_float("output_margin", 0.1, "Widen the calibrated output range by this fraction of its span per side.",
                    flag_values=FLAGS)
 
@@ -69,11 +75,19 @@ def run(argv) -> str:
     if not (margin == margin and 0.0 <= margin <= 10.0):  # NaN fails the first test
         raise UsageError(f"--output_margin={margin!r} must be between 0 and 10 (a fraction of the output range's "
                          "span added on each side)")
+    if FLAGS.streaming:
+        clash = [f"--{f}" for f in ("int4", "fold_pooling", "split_front_end", "strip_names") if FLAGS[f].value]
+        clash += ["--io_dtype"] if FLAGS.io_dtype != "auto" else []
+        if clash:
+            raise UsageError(f"--streaming does not take {', '.join(clash)}")
+        if not FLAGS.representative and not FLAGS.float:
+            raise UsageError("--streaming needs --representative=windows.npy (float windows [n, frames, mels]): "
+                             "they calibrate the logits' range and the points the Keras model has no quantizer for")
     import keras
     import numpy as np
 
     import kws_quant  # noqa: F401  (registers the layers)
-    from kws_quant.export.tflite import read_linear_ops, to_tflite
+    from kws_quant.export.tflite import read_linear_ops, to_tflite, to_tflite_streaming, to_tflite_window
 
     rep = None
     if FLAGS.representative:
@@ -86,14 +100,22 @@ def run(argv) -> str:
     except Exception as e:  # noqa: BLE001 — any load failure means "not a model we can read"
         raise UsageError(f"--model={FLAGS.model!r} is not a Keras model file: {type(e).__name__}: {e}") from None
     try:
-        path = to_tflite(model, FLAGS.out, rep, quantize=not FLAGS.float, io_dtype=FLAGS.io_dtype, int4=FLAGS.int4,
-                         fold_pooling=FLAGS.fold_pooling, output_margin=margin, strip_names=FLAGS.strip_names,
-                         split_front_end=FLAGS.split_front_end)
+        if FLAGS.streaming and FLAGS.float:
+            path = to_tflite_window(model, FLAGS.out, quantize=False, stream=True)
+        elif FLAGS.streaming:
+            path = to_tflite_streaming(model, FLAGS.out, rep, output_margin=margin)
+        else:
+            path = to_tflite(model, FLAGS.out, rep, quantize=not FLAGS.float, io_dtype=FLAGS.io_dtype,
+                             int4=FLAGS.int4, fold_pooling=FLAGS.fold_pooling, output_margin=margin,
+                             strip_names=FLAGS.strip_names, split_front_end=FLAGS.split_front_end)
     except ValueError as e:  # UnsupportedModelError and every documented check of to_tflite name the problem
         raise UsageError(f"--model={FLAGS.model!r} cannot be exported as asked: {e}") from None
     ops = read_linear_ops(path)
     kinds = ", ".join(f"{d['op']}[{d['weight_type']}]" for d in ops)
     print(f"wrote {path} ({os.path.getsize(path)} bytes): {kinds}")
+    if FLAGS.streaming and not FLAGS.float:
+        from kws_quant.export.tflite.stream_export import stream_metadata_path
+        print(f"wrote {stream_metadata_path(path)} (hop, window and the int8 state tensors)")
     if FLAGS.split_front_end:
         from kws_quant.export.front_end import front_end_path
         print(f"wrote {front_end_path(path)} (the per-frame front end)")
