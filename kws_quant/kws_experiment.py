@@ -287,11 +287,12 @@ def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
         result = export_for_deployment(model, os.path.join(run.phase(phase), "export"), calibration, x, y,
                                        int4=ecfg["int4"], split_front_end=ecfg["split_front_end"],
                                        pack_presets=tuple(ecfg["pack_presets"]), output_margin=ecfg["output_margin"])
-    except UnsupportedModelError as e:  # e.g. a zoo model's residual branches: trained models are kept, said why
+    except UnsupportedModelError as e:  # e.g. the CRNN's LSTM: trained models are kept, said why
         print(f"deployment export skipped: {e}")
         run.update_metrics(phase, {"deployment": {"skipped": f"the LiteRT export does not support this model: {e}"}})
         return
-    print(f"int8.tflite {result['int8_bytes']:,} bytes ({result['int8_vs_float32']:.2f}x smaller than float32); "
+    name = "stream_int8.tflite" if result.get("form") == "streaming" else "int8.tflite"
+    print(f"{name} {result['int8_bytes']:,} bytes ({result['int8_vs_float32']:.2f}x smaller than float32); "
           f"LiteRT test accuracy {result['int8_test_accuracy']:.4f} (Keras {result['keras_test_accuracy']:.4f}); "
           f"{100 * result['within_one_step']:.2f}% of logits within one output step "
           f"({100 * result['saturated']:.2f}% beyond the int8 output range)")
