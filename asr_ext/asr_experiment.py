@@ -24,8 +24,9 @@ from asr_ext.models import RNNTConfig, WarmupCosine
 from asr_ext.rnnt_loss import RNNTLoss
 from asr_ext.text import CharVocabulary
 from kws_quant import qat
+from kws_quant.distributed import make_strategy, remove_worker_workdir, role_of, worker_workdir
 from kws_quant.features import FeatureConfig
-from kws_quant.training import RunDir, check_training_config, make_strategy, resumable_fit
+from kws_quant.training import RunDir, check_training_config, resumable_fit
 
 FLOAT_PHASE = "float"
 SOURCES = ("synthetic", "fsdd", "librispeech", "sphinx")
@@ -277,10 +278,16 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: ASRData, strat
     return model
 
 
-def run(cfg: dict, workdir: str, strategy: str = "default", verbose: int = 1) -> dict:
-    """Run every phase of the experiment in ``workdir``; returns the metrics of all phases."""
+def run(cfg: dict, workdir: str, strategy="default", verbose: int = 1) -> dict:
+    """Run every phase of the experiment in ``workdir``; returns the metrics of all phases.
+
+    ``strategy``: a ``tf.distribute.Strategy`` or its name (made before any TensorFlow op here); under a multi-worker
+    strategy only the chief writes ``workdir`` (:mod:`kws_quant.distributed`).
+    """
+    dist = make_strategy(strategy) if isinstance(strategy, str) else strategy
+    role = role_of(dist)
     check_config(cfg)
-    run_dir = RunDir(workdir)
+    run_dir = RunDir(worker_workdir(workdir, role))
     names = [*cfg["qat"]["recipes"], *cfg["qat"]["methods"]]
     for name in cfg["qat"]["methods"]:
         methods.parse(name)  # bad names fail before any training
@@ -291,7 +298,6 @@ def run(cfg: dict, workdir: str, strategy: str = "default", verbose: int = 1) ->
     data = prepare_data(cfg)
     run_dir.save_config(cfg)  # after the inputs were checked: a failed start does not block its corrected rerun
     run_dir.update_metrics("data", data.summary)
-    dist = make_strategy(strategy)
     floats = {}  # encoder -> (its data, its trained float model)
 
     def float_model(encoder):
@@ -307,7 +313,9 @@ def run(cfg: dict, workdir: str, strategy: str = "default", verbose: int = 1) ->
         d, init = float_model(methods.parse(name).encoder if name in cfg["qat"]["methods"] else None)
         train_phase(run_dir, name, name, cfg, d, dist, init=init if cfg["train"]["qat_init_from_float"] else None,
                     verbose=verbose)
-    return run_dir.load_metrics()
+    metrics = run_dir.load_metrics()
+    remove_worker_workdir(workdir, role)
+    return metrics
 
 
 def format_summary(metrics: dict, workdir: str, seconds: float) -> str:

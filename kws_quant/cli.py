@@ -30,6 +30,10 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsErro
 """Bad input (data, config values): reported as one line naming the problem, exit status 2."""
 
 
+WORKER_LOST_EXIT = 75
+"""Exit status when a multi-worker run lost a peer (EX_TEMPFAIL: restart every worker with the same command)."""
+
+
 def fail(error: Exception) -> None:
     """Print ``error: <message>`` on one line to stderr and exit with status 2."""
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
@@ -66,9 +70,14 @@ def run_experiment(default_config: str, experiment_module: str,
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        from kws_quant.distributed import is_lost_worker, make_strategy
         from kws_quant.training import configure_cpu_devices
 
         configure_cpu_devices(CPU_DEVICES.value)  # before TensorFlow touches a device
+        try:  # before any TensorFlow op: multi-worker collectives are configured at start-up
+            strategy = make_strategy(STRATEGY.value)
+        except ValueError as e:
+            fail(e)
         experiment = importlib.import_module(experiment_module)
         try:
             cfg = config.value.to_dict()
@@ -79,11 +88,18 @@ def run_experiment(default_config: str, experiment_module: str,
         workdir = WORKDIR.value or os.path.join("runs", cfg["name"])
         start = time.perf_counter()
         try:
-            summary = experiment.run(cfg, workdir, strategy=STRATEGY.value, verbose=VERBOSE.value, **run_kwargs())
+            summary = experiment.run(cfg, workdir, strategy=strategy, verbose=VERBOSE.value, **run_kwargs())
         except USER_ERRORS as e:
             if TRACEBACK.value:
                 raise
             fail(e)
+        except Exception as e:  # noqa: BLE001 - only a lost peer is turned into a message; the rest re-raises
+            if TRACEBACK.value or not is_lost_worker(e, strategy):
+                raise
+            print(f"error: multi-worker training lost a peer ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                  "restart every worker with the same command: the run resumes from its last completed epoch",
+                  file=sys.stderr)
+            sys.exit(WORKER_LOST_EXIT)
         print(experiment.format_summary(summary, workdir, time.perf_counter() - start))
 
     # Parsed once: a second parse (app.run's own) would load the --config file again and define its --config.*

@@ -13,10 +13,10 @@ import tensorflow as tf
 
 from kws_quant import data as kd
 from kws_quant import qat
+from kws_quant.distributed import make_strategy, remove_worker_workdir, role_of, worker_workdir
 from kws_quant.features import FeatureConfig
 from kws_quant.models import KWSModelConfig, build_kws_model
-from kws_quant.training import (RunDir, check_training_config, make_strategy, resumable_fit, transfer_weights,
-                                write_json)
+from kws_quant.training import RunDir, check_training_config, resumable_fit, transfer_weights, write_json
 
 FLOAT_PHASE = "float"
 SOURCES = ("synthetic", "fsdd", "speech_commands", "wakeword", "csv")
@@ -160,7 +160,8 @@ def build_model(cfg: dict, data: KWSData, recipe) -> keras.Model:
 def compile_model(model, learning_rate: float, decay_steps: int, jit_compile: bool = True) -> None:
     """Adam with cosine decay. XLA fuses the quantizers' elementwise chains: a QAT step then costs what a float
     step costs (docs/bench_qat_step.md); Keras leaves XLA off on CPU by default. XLA is left off when the current
-    strategy spans several replicas: a compiled step cannot reach variables on another logical CPU."""
+    strategy spans several replicas: a compiled step cannot reach variables on another logical CPU, and TensorFlow has
+    no XLA collectives on CPU devices for multi-worker training."""
     jit_compile = jit_compile and tf.distribute.get_strategy().num_replicas_in_sync == 1
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(decay_steps, 1), alpha=0.05)
     model.compile(keras.optimizers.Adam(schedule), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -299,14 +300,20 @@ def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
     run.update_metrics(phase, {"deployment": result})
 
 
-def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool = False, verbose: int = 1) -> dict:
-    """Run every phase of the experiment in ``workdir``; returns the metrics of all phases."""
+def run(cfg: dict, workdir: str, strategy="default", skip_bad_files: bool = False, verbose: int = 1) -> dict:
+    """Run every phase of the experiment in ``workdir``; returns the metrics of all phases.
+
+    ``strategy``: a ``tf.distribute.Strategy`` or its name (:func:`kws_quant.distributed.make_strategy`; made before
+    any TensorFlow op here). Under a multi-worker strategy only the chief writes ``workdir``; the other workers train
+    in step with it, write into their own temporary folder and skip the report and exports.
+    """
+    dist = make_strategy(strategy) if isinstance(strategy, str) else strategy
+    role = role_of(dist)
     check_config(cfg)
-    run_dir = RunDir(workdir)
+    run_dir = RunDir(worker_workdir(workdir, role))
     keras.utils.set_random_seed(cfg["seed"])
     data = prepare_data(cfg, skip_bad_files)
     run_dir.save_config(cfg)  # after the inputs were checked: a failed start does not block its corrected rerun
-    dist = make_strategy(strategy)
     float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)
     for recipe in cfg["qat"]["ptq_recipes"]:
         ptq_phase(run_dir, recipe, cfg, data, dist, float_model)
@@ -314,6 +321,10 @@ def run(cfg: dict, workdir: str, strategy: str = "default", skip_bad_files: bool
     for recipe in cfg["qat"]["recipes"]:
         init = float_model if cfg["train"]["qat_init_from_float"] else None
         trained[recipe] = train_phase(run_dir, recipe, recipe, cfg, data, dist, init=init, verbose=verbose)
+    metrics = run_dir.load_metrics()
+    if not role.is_chief:  # the chief writes the report and exports; no collective op runs past this point
+        remove_worker_workdir(workdir, role)
+        return metrics
     if cfg["export"]["enabled"]:  # after all training: reading the datasets must not change a later phase's batches
         for recipe, model in trained.items():
             export_phase(run_dir, recipe, model, data, cfg["export"])

@@ -24,20 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kws_quant.distributed import agree_on_backup, make_strategy  # noqa: F401 (make_strategy: re-exported)
 from kws_quant.run_files import CheckedBackupAndRestore, check_keras_file, read_json, save_model_atomically
-
-
-def make_strategy(name: str = "default") -> tf.distribute.Strategy:
-    """``"default"`` (one device), ``"mirrored"`` (all local devices), ``"multi_worker"`` (``TF_CONFIG``)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"strategy={name!r} is not allowed; allowed: default, mirrored, multi_worker")
 
 
 def configure_cpu_devices(count: int) -> None:
@@ -205,6 +193,7 @@ def resumable_fit(model: keras.Model, run: RunDir, phase: str, train_ds, epochs:
     # backup, so a kill in between repeats the epoch (read_history keeps its last row) instead of losing its row.
     cbs = [StopOnNonFiniteLoss(phase, os.path.join(d, "backup")), keras.callbacks.CSVLogger(csv_path, append=True),
            backup, *callbacks, keras.callbacks.TensorBoard(os.path.join(d, "tensorboard"), write_graph=False)]
+    agree_on_backup(model.distribute_strategy, os.path.join(d, "backup"))  # multi-worker: one resume epoch
     start = time.perf_counter()
     model.fit(train_ds, epochs=epochs, validation_data=validation_data, callbacks=cbs, verbose=verbose,
               shuffle=False)  # datasets shuffle themselves

@@ -9,12 +9,23 @@ from kws_quant.layers.base import QuantLayer, pop_quantizer_specs
 _ROLES = ("input", "gain", "offset", "output")
 
 
+def replicas_in_sync() -> int:
+    """Replicas of the current ``tf.distribute`` strategy (1 outside one, and on backends other than TensorFlow)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 @keras.saving.register_keras_serializable(package="kws_quant")
 class QuantBatchNormalization(QuantLayer):
     """``y = x · q(γ/√(σ²+ε)) + q(β - μ·γ/√(σ²+ε))`` over the last axis.
 
     In training ``μ, σ²`` are the batch moments (and the moving statistics are updated as in
-    ``keras.layers.BatchNormalization``); at inference the moving statistics. The folded gain and offset are what an
+    ``keras.layers.BatchNormalization``); at inference the moving statistics. Under a ``tf.distribute`` strategy with
+    several replicas (mirrored, multi-worker) the moments are those of the global batch, synchronized across the
+    replicas, so distributed training computes what one process with the same global batch computes. The folded gain and offset are what an
     export writes after folding batch-norm into the preceding layer.
 
     Args:
@@ -68,7 +79,7 @@ class QuantBatchNormalization(QuantLayer):
     def call(self, inputs, training=None):
         x = ops.cast(self.quantize_role("input", inputs, training), "float32")
         if training and self.trainable:
-            mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)))
+            mean, variance = ops.moments(x, axes=tuple(range(len(x.shape) - 1)), synchronized=replicas_in_sync() > 1)
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
             self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
