@@ -317,7 +317,10 @@ def write_report(results, out_dir: str, *, title: str, command: str, streams_inf
         md += ["## Deployment exports (LiteRT int8, checked on the test clips)", "",
                "Written by the training run into `<phase>/export/` (`kws_quant.export.deployment`): `int8.tflite` "
                "(exact integer codes), `int4.tflite` (≤4-bit kernels packed), `core.tflite` + `core.front_end.json` "
-               "(all-int8 model, per-frame front end split off) and the bit-packed payloads. `within_one_step`: "
+               "(all-int8 model, per-frame front end split off) and the bit-packed payloads; for a zoo model "
+               "`stream_int8.tflite` (one hop per invoke, int8 state in and out; its `within_one_step` covers the "
+               "logits of every step of each test clip streamed from zero state) and `window_int8.tflite`. "
+               "`within_one_step`: "
                "share of the LiteRT logits within one int8 output step of the Keras model's; `saturated`: share of "
                "the Keras logits beyond the int8 output range (calibrated on training and validation windows, "
                "widened by `config.export.output_margin`), which LiteRT clips.", "",
@@ -349,7 +352,8 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
     ``stream_cfg`` defaults to the run's ``config.report`` with ``stream_overrides`` (StreamConfig fields); with ``config.report.dataset_noise`` the streams' noise
     bed is the dataset's own noise recordings. The stream plan is saved as ``<out>/streams.json`` and reused while
     its settings match. ``litert``: also score each phase's exported ``export/int8.tflite`` (as
-    ``<phase> int8 LiteRT``), one window per invoke as on the device. ``streaming``: ``"auto"`` runs a model with a
+    ``<phase> int8 LiteRT``), one window per invoke as on the device; a zoo model's ``export/stream_int8.tflite``
+    one hop per invoke with its int8 state, when the streams' hop is the model's. ``streaming``: ``"auto"`` runs a model with a
     frame-synchronous form with its state (the zoo), ``"window"`` re-runs every model on a sliding window.
 
     ``data_dir``: evaluate on another folder of the run's layout instead (a user's own recordings): every clip of it
@@ -415,10 +419,18 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
         results.append(evaluate_model(name, model, streams, features, label_names, keyword_labels, stream_cfg,
                                       thresholds, fa_targets, n_boot, streaming=streaming))
         int8 = os.path.join(os.path.dirname(path), "export", "int8.tflite")
+        stream_int8 = os.path.join(os.path.dirname(path), "export", "stream_int8.tflite")
+        runner = None
         if litert and os.path.isfile(int8):
             from kws_quant.export.litert_stream import LiteRTStreamingRunner
 
             runner = LiteRTStreamingRunner(int8, hop_frames=stream_cfg.hop_frames)
+        elif litert and os.path.isfile(stream_int8):  # a zoo model's streaming export: one hop per invoke
+            from kws_quant.export.litert_stream import LiteRTStatefulRunner
+
+            runner = LiteRTStatefulRunner(stream_int8)
+            runner = runner if runner.hop == stream_cfg.hop_frames else None
+        if runner is not None:
             results.append(evaluate_model(f"{name} int8 LiteRT", model, streams, features, label_names,
                                           keyword_labels, stream_cfg, thresholds, fa_targets, n_boot, runner=runner))
     metrics_path = os.path.join(run_dir, "metrics.json")

@@ -180,6 +180,7 @@ def test_stateful_litert_runner_scores_a_stream_like_the_keras_runner(exported):
     keras_runner = StatefulStreamingRunner(exported["model"], block_steps=16, jit_compile=False)
     a, b = lite.posteriors(feats), keras_runner.posteriors(feats)
     assert a.shape == b.shape and (lite.window, lite.hop) == (keras_runner.window, keras_runner.hop)
+    assert lite.mode == "stateful"  # what eval.report's streaming DET table says about it
     np.testing.assert_array_equal(lite.end_frames(len(a)), keras_runner.end_frames(len(b)))
     assert np.mean(np.abs(a - b) < 0.05) >= 0.95 and np.mean(a.argmax(1) == b.argmax(1)) >= 0.9
 
@@ -217,3 +218,4 @@ def test_export_cli_streaming(exported, tmp_path):
         run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming"])
     with pytest.raises(UsageError, match="--streaming does not take --int4"):
         run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming", "--int4"])
+

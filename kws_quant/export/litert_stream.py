@@ -62,6 +62,7 @@ class LiteRTStatefulRunner:
         self.model = LiteRTStreamingModel(self.path, num_threads=num_threads)
         self.window, self.hop, self.n_mels = int(meta["window"]), self.model.hop, self.model.n_mels
         self.num_classes = self.model.num_classes
+        self.mode = "stateful"  # what the streaming DET's table says about how the streams ran
 
     def posteriors(self, features: np.ndarray) -> np.ndarray:
         """Class posteriors (softmax of the dequantized logits) ``[num_windows, classes]``."""
