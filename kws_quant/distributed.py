@@ -48,17 +48,22 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
 class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     """``MultiWorkerMirroredStrategy`` whose ``reduce`` accepts what Keras 3's ``fit`` passes it.
 
-    Keras 3 (3.15) calls ``strategy.reduce`` on the whole ``(x, y)`` batch before the first step, and with ``axis=0``
-    on scalar metrics; TensorFlow's multi-worker ``reduce`` takes neither (keras-team/keras#20585: ``fit`` fails with
-    "Attempt to convert a value (PerReplica...)"). This ``reduce`` maps over the structure and reduces a scalar over
-    the replicas only; everything else is TensorFlow's.
+    Keras 3 (3.15) calls ``strategy.reduce(MEAN, axis=None)`` on the whole ``(x, y)`` batch before the first step
+    of ``fit``/``evaluate`` (only to learn its shapes), and ``reduce(MEAN, axis=0)`` on scalar metrics; TensorFlow's
+    multi-worker ``reduce`` takes neither (keras-team/keras#20585: ``fit`` fails with "Attempt to convert a value
+    (PerReplica...)"), and the batch's halves differ in shape when a split's last batch does not divide evenly. This
+    ``reduce`` maps over the structure; a scalar is reduced over the replicas only; a tensor reduced with
+    ``axis=None`` (elementwise across replicas: only that sample batch) is this worker's own value, without a
+    collective; everything else is TensorFlow's.
     """
 
     def reduce(self, reduce_op, value, axis=None):
         def one(v):
             local = self.experimental_local_results(v)[0]
-            scalar = getattr(local, "shape", None) is not None and local.shape.rank == 0
-            return super(KerasMultiWorkerStrategy, self).reduce(reduce_op, v, None if scalar else axis)
+            rank = local.shape.rank if getattr(local, "shape", None) is not None else None
+            if axis is None and rank:
+                return local
+            return super(KerasMultiWorkerStrategy, self).reduce(reduce_op, v, None if rank == 0 else axis)
 
         return tf.nest.map_structure(one, value)
 
