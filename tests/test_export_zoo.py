@@ -116,7 +116,8 @@ def test_state_is_int8_and_round_trips(exported):
     frames = model.get_layer("input_quant")(model.get_layer("bn_in")(hops[-1:]), training=False).numpy()
     codes = np.round(frames[0, -1] / scale + zero)
     assert np.abs(saved["state_00_dense_in"][0, -1].astype(np.int64) - codes).max() <= 1  # a tie may round apart
-    meta = json.load(open(stream_metadata_path(path), encoding="utf-8"))
+    with open(stream_metadata_path(path), encoding="utf-8") as f:
+        meta = json.load(f)
     assert meta["hop"] == runner.hop == stream.hop and meta["first_valid_step"] == stream.first_valid_step
     assert [(s["name"], tuple(s["shape"]), s["zero_point"]) for s in meta["states"]] == \
         [(n, runner.state_shapes[n], runner.state_grids[n][1]) for n in runner.state_names]
@@ -126,7 +127,9 @@ def test_window_form_from_the_same_ops(exported, tmp_path):
     model, rng = exported["model"], exported["rng"]
     x, _ = data(rng, 32)
     path = T.to_tflite_window(model, tmp_path / "w.tflite", data(rng, 64)[0])
-    codes = lambda p: sorted(d["weights"].tobytes() for d in T.read_linear_ops(p))  # noqa: E731
+    def codes(p):
+        return sorted(d["weights"].tobytes() for d in T.read_linear_ops(p))
+
     assert codes(path) == codes(exported["path"])  # the same kernels (the converter may order the ops apart)
     err = np.abs(T.run_tflite(path, x) - model(x, training=False).numpy()) / T.output_step(path)
     assert np.mean(err <= 1.0) >= 0.85 and err.max() <= 4.0, (np.mean(err <= 1.0), err.max())  # tiny models

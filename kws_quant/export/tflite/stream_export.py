@@ -62,15 +62,11 @@ class _StepModule(tf.Module):
             tf.TensorSpec([1, b.frames, b.channels], tf.float32, b.name) for b in graph.buffers]
         names = [b.name for b in graph.buffers]
 
-        def serve(frames, *states):
+        def serve(frames, *states):  # the signature's inputs are named after the specs
             logits, new = graph.step(frames, list(states))
             return {"logits": logits, **{f"{n}_next": s for n, s in zip(names, new)}}
 
-        # a signature with named arguments (the converter names the inputs after them)
-        args = ", ".join(["frames"] + names)
-        scope = {"serve": serve}
-        exec(f"def named({args}):\n    return serve({args})", scope)  # noqa: S102 - names are layer names
-        self.serve = tf.function(scope["named"], input_signature=specs)
+        self.serve = tf.function(serve, input_signature=specs)
 
 
 def _convert(graph, whole: bool) -> bytes:

@@ -192,7 +192,10 @@ def read_stream_graph(model) -> StreamGraph:
     for node in plan:
         if node.kind == "identity" and node.layer.cropping[0] == 0:
             alias[node.output] = alias.get(node.inputs[0], node.inputs[0])
-    src = lambda k: alias.get(k, k)  # noqa: E731
+
+    def src(key):
+        return alias.get(key, key)
+
     consumers = collections.Counter(src(k) for node in plan for k in node.inputs if node.output not in alias)
     nodes, made = [], {}  # made: key -> the node producing it
 
