@@ -135,6 +135,10 @@ def test_window_form_from_the_same_ops(exported, tmp_path):
     assert np.mean(err <= 1.0) >= 0.85 and err.max() <= 4.0, (np.mean(err <= 1.0), err.max())  # tiny models
     f32 = T.to_tflite_window(model, tmp_path / "f.tflite", quantize=False)
     np.testing.assert_allclose(T.run_tflite(f32, x), model(x, training=False).numpy(), atol=0.05)
+    step32 = T.to_tflite_streaming(model, tmp_path / "fs.tflite", quantize=False)  # the float32 baseline step
+    inputs = T.make_interpreter(step32).get_signature_runner().get_input_details()
+    assert {d["dtype"] for d in inputs.values()} == {np.float32}
+    assert len(inputs) == len(to_streaming(model).state_shapes)  # frames + the buffers (no step counter)
 
 
 def test_unsupported_models_name_the_problem(tmp_path):

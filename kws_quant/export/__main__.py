@@ -87,7 +87,7 @@ def run(argv) -> str:
     import numpy as np
 
     import kws_quant  # noqa: F401  (registers the layers)
-    from kws_quant.export.tflite import read_linear_ops, to_tflite, to_tflite_streaming, to_tflite_window
+    from kws_quant.export.tflite import read_linear_ops, to_tflite, to_tflite_streaming
 
     rep = None
     if FLAGS.representative:
@@ -101,7 +101,7 @@ def run(argv) -> str:
         raise UsageError(f"--model={FLAGS.model!r} is not a Keras model file: {type(e).__name__}: {e}") from None
     try:
         if FLAGS.streaming and FLAGS.float:
-            path = to_tflite_window(model, FLAGS.out, quantize=False, stream=True)
+            path = to_tflite_streaming(model, FLAGS.out, quantize=False)
         elif FLAGS.streaming:
             path = to_tflite_streaming(model, FLAGS.out, rep, output_margin=margin)
         else:

@@ -81,7 +81,7 @@ def _export_stream(model, out_dir, calibration, x, test_labels, pack_presets, ou
     out = {"form": "streaming", "test_windows": int(len(x))}
     path = T.to_tflite_streaming(model, os.path.join(out_dir, "stream_int8.tflite"), calibration,
                                  output_margin=output_margin)
-    f32 = T.to_tflite_window(model, os.path.join(out_dir, "stream_float32.tflite"), quantize=False, stream=True)
+    f32 = T.to_tflite_streaming(model, os.path.join(out_dir, "stream_float32.tflite"), quantize=False)
     out["int8_bytes"], out["float32_bytes"] = os.path.getsize(path), os.path.getsize(f32)
     os.remove(f32)  # only its size is needed
     out["int8_vs_float32"] = out["float32_bytes"] / out["int8_bytes"]

@@ -216,7 +216,8 @@ def _write(path, data) -> str:
     return path
 
 
-def to_tflite_streaming(model, path, representative_data, *, output_margin: float = 0.1) -> str:
+def to_tflite_streaming(model, path, representative_data=None, *, output_margin: float = 0.1,
+                        quantize: bool = True) -> str:
     """Export the streaming form of a stage-2 QAT zoo model (``dscnn``, ``tcresnet``; any model that
     :func:`~kws_quant.models.stream_state.to_streaming` reads, built from convolutions, depthwise convolutions,
     batch-norms, ReLU, residual ``Add`` and average pooling) to an int8 ``.tflite`` running one hop per invoke (the
@@ -229,11 +230,15 @@ def to_tflite_streaming(model, path, representative_data, *, output_margin: floa
             from zero state, they calibrate the logits' int8 range and the few quantization points the Keras model
             has no quantizer for (the un-activated branch outputs a residual ``Add`` sums, the pooled average).
         output_margin: widen each calibrated range by this share of its span on each side.
+        quantize: ``False`` writes the float32 step (float weights and state tensors, no ``.stream.json``;
+            ``representative_data`` unused): the size and speed baseline.
 
     Raises:
         ValueError (:class:`UnsupportedModelError`): a layer with no int8 streaming form (named: a ``QuantLSTM``), a
         model with no streaming form, a model not in QAT stage 2 or lacking quantizers (the layers listed).
     """
+    if not quantize:
+        return _float(model, path, whole=False)
     graph = _prepare(model, representative_data, output_margin)
     data, where = _patch(_convert(graph, whole=False), graph)
     _verify(data, graph, where)
@@ -249,20 +254,24 @@ def to_tflite_streaming(model, path, representative_data, *, output_margin: floa
     return path
 
 
-def to_tflite_window(model, path, representative_data=None, *, output_margin: float = 0.1, quantize: bool = True,
-                     stream: bool = False) -> str:
+def to_tflite_window(model, path, representative_data=None, *, output_margin: float = 0.1,
+                     quantize: bool = True) -> str:
     """The same ops over a whole window (input float ``[1, window, n_mels]``, int8 logits): what re-running the
     window model costs in LiteRT, with the same codes and calibrated points as :func:`to_tflite_streaming`.
-    ``quantize=False``: the float32 graph (no fake-quant, float weights; ``representative_data`` unused), of the
-    window or, with ``stream=True``, of one step (float state tensors): the baselines."""
+    ``quantize=False``: the float32 window graph (``representative_data`` unused)."""
     if not quantize:
-        graph = read_stream_graph(_load(model))
-        graph.quantize = False
-        return _write(path, _convert(graph, whole=not stream))
+        return _float(model, path, whole=True)
     graph = _prepare(model, representative_data, output_margin)
     data, where = _patch(_convert(graph, whole=True), graph)
     _verify(data, graph, where)
     return _write(path, data)
+
+
+def _float(model, path, whole: bool) -> str:
+    """The float32 graph (no fake-quant; the weights the model uses at stage 2, batch-norms folded)."""
+    graph = read_stream_graph(_load(model))
+    graph.quantize = False
+    return _write(path, _convert(graph, whole=whole))
 
 
 class LiteRTStreamingModel:
