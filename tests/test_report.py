@@ -81,7 +81,7 @@ def test_report_bad_inputs(run_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="model file does not exist"):
         load_kws_model(str(tmp_path / "nope.keras"), 98, 40, 3)
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="is not a Keras model file"):
+    with pytest.raises(ValueError, match="junk.keras: not a readable Keras model file"):
         load_kws_model(str(tmp_path / "junk.keras"), 98, 40, 3)
     with pytest.raises(ValueError, match=r"is not a KWS model for this run: input \(98, 40\), 3 outputs"):
         load_kws_model(str(run_dir / "float" / "model.keras"), 98, 40, 5)
