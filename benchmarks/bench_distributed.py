@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,18 +22,11 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from kws_quant.distributed import free_local_ports  # noqa: E402
 STEP_TIME = re.compile(r"^\d+/\d+ - \S+ - (\d+(?:\.\d+)?)(ms|s)/step", re.MULTILINE)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def train_args(workdir: str, cache: str, a) -> list[str]:
@@ -84,7 +76,7 @@ def main(argv=None) -> None:
         cache = os.path.join(tmp, "cache")
         outs, wall = run([(train_args(os.path.join(tmp, "one"), cache, a), env)])
         rows.append(("1 process", os.path.join(tmp, "one"), outs[0], wall))
-        hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+        hosts = [f"127.0.0.1:{port}" for port in free_local_ports(2)]
         cmds = [([*train_args(os.path.join(tmp, "two"), cache, a), "--strategy=multi_worker"],
                  {**env, "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},
                                                   "task": {"type": "worker", "index": i}})}) for i in range(2)]

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 
 import tensorflow as tf
 
@@ -109,6 +110,19 @@ def worker_role(environ=None) -> WorkerRole:
                          f"({len(cluster.get(task_type, []))} entries)")
     n = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
     return WorkerRole(task_type, index, n, "chief" in cluster)
+
+
+def free_local_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on 127.0.0.1 now (bound together, then released): a ``TF_CONFIG`` cluster of ``n``
+    workers on one machine (tests, benchmarks, trying the protocol)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def role_of(strategy: tf.distribute.Strategy) -> WorkerRole:

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,24 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kws_quant.distributed import WorkerRole, worker_role, worker_workdir
+from kws_quant.distributed import WorkerRole, free_local_ports, worker_role, worker_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEARNING_RATE = 2e-3  # config.train.learning_rate of the runs (kws_quant.config_defaults)
 CHIEF_NOTICES = 60  # seconds the test waits for the chief to stop by itself after its peer was killed
 TIMEOUT = 420  # seconds a two-worker run may take before the test gives up (and kills both)
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` TCP ports free on 127.0.0.1 now (bound together, then released)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def tiny_args(tmp_path, float_epochs: int, *extra, silence_clips: int = 16) -> list[str]:
@@ -40,8 +27,9 @@ def tiny_args(tmp_path, float_epochs: int, *extra, silence_clips: int = 16) -> l
             f"--config.data.cache_dir={tmp_path / 'cache'}",
             "--config.data.synthetic.clips_per_keyword=40", "--config.data.synthetic.unknown_clips=40",
             f"--config.data.synthetic.silence_clips={silence_clips}", "--config.data.batch_size=16",
-            "--config.model.hidden=(24,24)", "--config.model.dropout=0.0", f"--config.train.float_epochs={float_epochs}",
-            "--config.train.jit_compile=False", f"--config.train.learning_rate={LEARNING_RATE}", "--config.qat.recipes=()", "--config.qat.ptq_recipes=()",
+            "--config.model.hidden=(24,24)", "--config.model.dropout=0.0",
+            f"--config.train.float_epochs={float_epochs}", "--config.train.jit_compile=False",
+            f"--config.train.learning_rate={LEARNING_RATE}", "--config.qat.recipes=()", "--config.qat.ptq_recipes=()",
             "--config.report.enabled=False", "--config.export.enabled=False", *extra]
 
 
@@ -129,7 +117,7 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path):
     step per update, so a few weights differ by ~lr. Another data order or unsynchronised batch-norm statistics move
     most weights by more than 1e-4.)"""
     args = tiny_args(tmp_path / "mw", 2)
-    with Workers(args, free_ports(2), tmp_path, "mw") as workers:
+    with Workers(args, free_local_ports(2), tmp_path, "mw") as workers:
         codes = workers.wait()
         assert codes == [0, 0], workers.output(0)[-3000:] + workers.output(1)[-3000:]
     run = tmp_path / "mw" / "run"
@@ -157,7 +145,7 @@ def test_killed_worker_restarted_resumes_without_losing_an_epoch(tmp_path):
     with the same command and finish: every epoch once in the history. The splits' last batches
     do not divide evenly between the workers (Keras used to fail on that with a collective shape mismatch)."""
     args = tiny_args(tmp_path, 5, silence_clips=20)
-    ports = free_ports(2)
+    ports = free_local_ports(2)
     metadata = tmp_path / "run" / "float" / "backup" / "training_metadata.json"
     with Workers(args, ports, tmp_path, "first") as workers:
         deadline = time.monotonic() + TIMEOUT
@@ -180,7 +168,7 @@ def test_killed_worker_restarted_resumes_without_losing_an_epoch(tmp_path):
             assert code == 75, workers.output(0)[-3000:]
             last = workers.output(0).strip().splitlines()[-1]
             assert last.startswith("error: multi-worker training lost a peer") and "restart every worker" in last
-    with Workers(args, free_ports(2), tmp_path, "second") as workers:
+    with Workers(args, free_local_ports(2), tmp_path, "second") as workers:
         codes = workers.wait()
         assert codes == [0, 0], workers.output(0)[-3000:] + workers.output(1)[-3000:]
         assert "Epoch 1/5" not in workers.output(0)  # resumed, not restarted
