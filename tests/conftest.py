@@ -27,3 +27,10 @@ def _reseed_module_rng(request):
     if module is not None and isinstance(getattr(module, "RNG", None), np.random.Generator):
         module.RNG = np.random.default_rng(_seed(request))
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "litert_bitexact: compares our integer arithmetic with LiteRT's integer kernels bit for bit (both "
+        "sides integer; holds for LiteRT's reference and optimized CPU kernels on x86-64; deselect with "
+        "-m 'not litert_bitexact' on a platform whose kernels round differently)")

@@ -99,6 +99,7 @@ def _calibrated_dense(activation, per_channel, rounding):
     (None, True, "single", dict(reference=True)),  # LiteRT's reference kernels (built with single rounding)
     ("relu6", False, "single", dict(reference=True)),
 ])
+@pytest.mark.litert_bitexact
 def test_dense_is_bit_exact_with_litert(tmp_path, activation, per_channel, rounding, kernels):
     model, layer, x = _calibrated_dense(activation, per_channel, rounding)
     q = RNG.integers(-128, 128, (300, 24)).astype(np.int8)
@@ -139,6 +140,7 @@ def test_emulation_is_identical_in_eager_graph_and_xla():
 
 
 # -- lookup tables ---------------------------------------------------------------------------------------------------
+@pytest.mark.litert_bitexact
 @pytest.mark.parametrize("lo, hi", [(-8.0, 7.9375), (-4.0, 3.96875), (-5.3, 7.1)])
 def test_lut_matches_litert_logistic_and_tanh(lo, hi):
     @tf.function(input_signature=[tf.TensorSpec([256], tf.float32)])
