@@ -28,7 +28,8 @@ setup(
         "tensorboard>=2.20",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],  # hypothesis: fuzz tests of the readers
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",  # hypothesis: fuzz tests of the readers
+                "import-linter>=2.0"],  # the dependency contracts of .importlinter (tests/test_structure.py)
         "litert": ["ai-edge-litert>=2.0"],
         # Legacy bridge only: importing TF-MOT switches Keras to tf_keras. Never imported by the core.
         "tfmot": ["tensorflow-model-optimization>=0.8,<0.9", "tf-keras>=2.21,<2.22"],

@@ -74,3 +74,12 @@ def plot_confusion(matrices: dict, label_names, path: str, title: str = "") -> N
     fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def predict(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits [n, classes], labels [n])`` of ``model`` over every batch of ``dataset`` (inference mode)."""
+    logits, labels = [], []
+    for x, y in dataset:
+        logits.append(model(x, training=False).numpy())
+        labels.append(y.numpy())
+    return np.concatenate(logits), np.concatenate(labels)

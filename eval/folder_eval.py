@@ -43,9 +43,8 @@ def note_resampling(paths, sample_rate: int) -> list[int]:
 def folder_clip_metrics(cfg, manifest, label_names, models: dict, features, skip_bad_files) -> dict:
     """``{name: {"test_classification": ...}}`` of every loaded model (``{name: keras.Model}``) on every clip of
     ``manifest`` (its test split)."""
-    from eval.classification import classification_metrics
+    from eval.classification import classification_metrics, predict
     from kws_quant.data import make_dataset
-    from kws_quant.kws_experiment import predict
 
     ds = make_dataset(manifest, "test", label_names, features, cfg["data"]["clip_seconds"],
                       cfg["data"]["batch_size"], skip_bad_files=skip_bad_files, trim_db=cfg["data"]["trim_db"])

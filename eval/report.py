@@ -50,7 +50,7 @@ def load_run(run_dir: str, names=None) -> tuple[dict, dict]:
     saved = read_json(cfg_path, "the run's configuration", "it is written by kws_quant.train: restore it, or train "
                       "the run again into a new --workdir")
     cfg = merged(kws_config().to_dict(), saved)  # keys added since the run keep their defaults
-    from kws_quant.kws_experiment import ptq_phase_name
+    from kws_quant.training import ptq_phase_name
 
     phases = (["float", *map(ptq_phase_name, cfg["qat"].get("ptq_recipes", ())), *cfg["qat"]["recipes"]]
               if names is None else list(names))
@@ -364,7 +364,7 @@ def report_run(run_dir: str, out_dir: str | None = None, names=None, stream_cfg=
     from eval.kws_streams import (ClipLoader, StreamConfig, load_plan, plan_streams, render_streams, save_plan)
     from eval.streaming import validate_thresholds
     from kws_quant.features import FeatureConfig
-    from kws_quant.kws_experiment import load_manifest
+    from kws_quant.data.from_config import load_manifest
 
     from eval.folder_eval import folder_clip_metrics, folder_config, note_resampling, run_labels
 

@@ -237,3 +237,8 @@ def transfer_weights(src: keras.Model, dst: keras.Model) -> int:
                 theirs[name].assign(v)
                 copied += 1
     return copied
+
+
+def ptq_phase_name(recipe: str) -> str:
+    """Run-directory phase of the post-training baseline of ``recipe``."""
+    return f"ptq_{recipe}"

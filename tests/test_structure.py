@@ -1,4 +1,5 @@
-"""Structure rules of the code base (issue 14): no module uses another module's private names."""
+"""Structure rules of the code base (issue 14): dependencies point one way (import-linter contracts in
+``.importlinter``), no module uses another module's private names."""
 import ast
 import os
 import re
@@ -8,6 +9,20 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("kws_quant", "asr_ext", "eval")
 FOLDERS = PACKAGES + ("benchmarks", "tests", "configs", "scripts")
+
+
+def test_dependencies_point_one_way():
+    """The contracts of ``.importlinter``: kws_quant's library layers import no experiment runner, eval or asr_ext;
+    eval imports no experiment runner; asr_ext's library layers import no experiment runner. Function-level imports
+    count (import-linter reads every import statement)."""
+    from importlinter.cli import lint_imports
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert lint_imports(config_filename=os.path.join(ROOT, ".importlinter"), no_cache=True, no_logo=True) == 0
+    finally:
+        os.chdir(cwd)
 
 
 def python_files():
