@@ -26,11 +26,14 @@ setup(
         "jiwer>=3.0",
         "tqdm>=4.60",
         "tensorboard>=2.20",
+        # the LiteRT interpreter of the export checks (tf.lite's is deprecated); 2.3 has wheels for every platform
+        # TensorFlow 2.21 has (Linux x86-64/ARM64, macOS ARM64, Windows x86-64)
+        "ai-edge-litert>=2.3",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",  # hypothesis: fuzz tests of the readers
                 "import-linter>=2.0"],  # the dependency contracts of .importlinter (tests/test_structure.py)
-        "litert": ["ai-edge-litert>=2.0"],
+        "litert": [],  # kept for old install commands: ai-edge-litert is a core dependency
         # Legacy bridge only: importing TF-MOT switches Keras to tf_keras. Never imported by the core.
         "tfmot": ["tensorflow-model-optimization>=0.8,<0.9", "tf-keras>=2.21,<2.22"],
     },
