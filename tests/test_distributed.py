@@ -15,7 +15,7 @@ import pytest
 from kws_quant.distributed import WorkerRole, free_local_ports, worker_role, worker_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EPOCHS = 2  # of the comparison: 10 steps
+EPOCHS = 1  # of the comparison: 5 steps
 LEARNING_RATE = 2e-3  # config.train.learning_rate of the runs (kws_quant.config_defaults)
 CHIEF_NOTICES = 60  # seconds the test waits for the chief to stop by itself after its peer was killed
 TIMEOUT = 420  # seconds a two-worker run may take before the test gives up (and kills both)
@@ -41,7 +41,8 @@ def tiny_args(tmp_path, cache, float_epochs: int, *extra, silence_clips: int = 1
 
 
 def env(tf_config=None) -> dict:
-    e = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    e = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
+         "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}  # tiny models; the suite runs beside them
     e.pop("TF_CONFIG", None)
     if tf_config is not None:
         e["TF_CONFIG"] = json.dumps(tf_config)
@@ -119,7 +120,7 @@ def history(path) -> list[int]:
 
 
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path, cache):
-    """Two workers, global batch 16 (8 each), versus one process with the same global batch and seed, 10 steps: at
+    """Two workers, global batch 16 (8 each), versus one process with the same global batch and seed, 5 steps: at
     least 95 % of each tensor's weights agree to 1e-4 and all to 5 learning-rate steps. (The all-reduce sums in
     another order; Adam's normalised step turns the rounding of a near-zero gradient into up to one learning-rate
     step per update, so a few weights differ by ~lr. Another data order or unsynchronised batch-norm statistics move
