@@ -2,6 +2,7 @@
 report; and, when ``../shared`` is present, the real folder's speaker-disjoint split."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -151,10 +152,13 @@ def test_classification_metrics_confusion():
 # ---------------------------------------------------------------- the experiment, end to end
 
 
-def test_speech_commands_run_with_post_training_baseline_and_report(tmp_path):
-    root = tmp_path / "sc"
+@pytest.fixture(scope="module")
+def sc_run(tmp_path_factory):
+    """One tiny run on the test archive's layout: float, its post-training baseline and tanh4, with the report."""
+    tmp = tmp_path_factory.mktemp("sc")
+    root = tmp / "sc"
     make_test_archive(str(root), speakers=16)
-    work = tmp_path / "run"
+    work = tmp / "run"
     args = [sys.executable, "-m", "kws_quant.train", "--config=configs/kws_speech_commands.py",
             f"--data_dir={root}", f"--workdir={work}", "--verbose=0",
             "--config.data.keywords=('yes','no','up')", "--config.data.split_fractions=(0.5,0.25,0.25)",
@@ -164,6 +168,11 @@ def test_speech_commands_run_with_post_training_baseline_and_report(tmp_path):
             "--config.report.negative_hours=0.01", "--config.report.n_boot=10", "--config.export.enabled=False"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    return work, proc
+
+
+def test_speech_commands_run_with_post_training_baseline_and_report(sc_run):
+    work, proc = sc_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ran out of data" not in proc.stderr + proc.stdout  # validation/test datasets know their length
     metrics = json.load(open(work / "metrics.json"))
@@ -201,19 +210,14 @@ def test_shared_folder_split_of_the_config():
     assert voices["validation"] >= 40 and voices["test"] >= 20
 
 
-def test_evaluate_a_finished_run_on_another_folder(tmp_path):
+def test_evaluate_a_finished_run_on_another_folder(sc_run, tmp_path):
     """eval.report --data_dir: the run's models scored on a user's folder (8 kHz audio, resampled and said so);
-    bad folders get one clear line."""
-    root = tmp_path / "sc"
-    make_test_archive(str(root), speakers=8)
-    work = tmp_path / "run"
+    bad folders get one clear line (on the command line once; the other cases in-process)."""
+    from eval.report import report_run
+
+    work, proc = sc_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    train = [sys.executable, "-m", "kws_quant.train", "--config=configs/kws_speech_commands.py", f"--data_dir={root}",
-             f"--workdir={work}", "--verbose=0", "--config.data.keywords=('yes','no','up')",
-             "--config.data.split_fractions=(0.5,0.25,0.25)", "--config.data.batch_size=16",
-             "--config.model.hidden=(24,24)", "--config.train.float_epochs=2", "--config.qat.recipes=()",
-             "--config.qat.ptq_recipes=()", "--config.report.enabled=False", "--config.export.enabled=False"]
-    assert subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env).returncode == 0
     mine = tmp_path / "mine"
     rng = np.random.default_rng(5)
     for n in range(3):
@@ -228,8 +232,10 @@ def test_evaluate_a_finished_run_on_another_folder(tmp_path):
     assert f"on {mine}" in md and "| float |" in md and "top-1 accuracy" in md
     write_tone(os.path.join(tmp_path, "cats", "cat", "abcdef00_nohash_0.wav"), 500.0, rng)
     os.makedirs(tmp_path / "empty")
-    for bad, message in ((tmp_path / "nothing", "does not exist"), (tmp_path / "empty", "no <label>/*.wav files"),
-                         (root / "yes", "no <label>/*.wav files"), (tmp_path / "cats", "keyword label(s)")):
-        proc = subprocess.run(report[:4] + [f"--data_dir={bad}"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=600, env=env)
-        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    proc = subprocess.run(report[:4] + [f"--data_dir={tmp_path / 'nothing'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    for bad, message in ((tmp_path / "empty", "no <label>/*.wav files"), (mine / "yes", "no <label>/*.wav files"),
+                         (tmp_path / "cats", "keyword label")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            report_run(str(work), data_dir=str(bad), n_boot=5)

