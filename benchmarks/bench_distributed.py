@@ -25,6 +25,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--clips_per_keyword", type=int, default=120)
+    p.add_argument("--batch", type=int, default=64, help="global batch (split across the workers)")
+    return p
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help answers before TensorFlow is imported
+
+
 from kws_quant.distributed import free_local_ports  # noqa: E402
 STEP_TIME = re.compile(r"^\d+/\d+ - \S+ - (\d+(?:\.\d+)?)(ms|s)/step", re.MULTILINE)
 
@@ -64,11 +76,7 @@ def run(commands: list[tuple[list[str], dict]]) -> tuple[list[str], float]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--clips_per_keyword", type=int, default=120)
-    p.add_argument("--batch", type=int, default=64, help="global batch (split across the workers)")
-    a = p.parse_args(argv)
+    a = parser().parse_args(argv)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     env.pop("TF_CONFIG", None)
     rows = []

@@ -17,6 +17,22 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--jit", choices=["off", "on", "both"], default="both",
+                   help="XLA-compile the train step (Keras compile(jit_compile=...)); 'both' measures each")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time XLA stage-2 models with one group of roles quantized (where the extra time goes)")
+    return p
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help answers before TensorFlow is imported
+
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -49,15 +65,7 @@ def only(roles, **overrides):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--jit", choices=["off", "on", "both"], default="both",
-                   help="XLA-compile the train step (Keras compile(jit_compile=...)); 'both' measures each")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also time XLA stage-2 models with one group of roles quantized (where the extra time goes)")
-    args = p.parse_args()
+    args = parser().parse_args()
     rng = np.random.default_rng(0)
     x = tf.constant(rng.standard_normal((args.batch, 98, 40)).astype(np.float32) * 2 - 6)
     y = tf.constant(rng.integers(0, 3, args.batch).astype(np.int32))

@@ -13,6 +13,21 @@ import os
 import platform
 import time
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--labels", type=int, default=40)
+    p.add_argument("--vocab", type=int, default=32)
+    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    return p
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help answers before TensorFlow is imported
+
+
 import numpy as np
 import tensorflow as tf
 
@@ -66,14 +81,7 @@ def make_inputs(batch, frames, labels, vocab, seed=0):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--frames", type=int, default=200)
-    p.add_argument("--labels", type=int, default=40)
-    p.add_argument("--vocab", type=int, default=32)
-    p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3)
-    args = p.parse_args()
+    args = parser().parse_args()
     logits, y, t_len, u_len = make_inputs(args.batch, args.frames, args.labels, args.vocab)
 
     def with_grad(loss_fn):

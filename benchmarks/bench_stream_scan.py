@@ -16,6 +16,18 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--hops", default="1,2")
+    p.add_argument("--rounds", type=int, default=3)
+    return p
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help answers before TensorFlow is imported
+
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -25,10 +37,7 @@ from kws_quant.models import KWSModelConfig, build_kws_model  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, default=60.0)
-    p.add_argument("--hops", default="1,2")
-    p.add_argument("--rounds", type=int, default=3)
+    p = parser()
     args = p.parse_args()
     feats = FeatureConfig()
     rng = np.random.default_rng(0)

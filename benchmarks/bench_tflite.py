@@ -32,6 +32,20 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="tanh4")
+    ap.add_argument("--steps", type=int, default=16, help="QAT steps of batch 64 before export")
+    ap.add_argument("--reps", type=int, default=31)
+    ap.add_argument("--windows", type=int, default=200, help="windows per variant per repetition")
+    ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help answers before TensorFlow is imported
+
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -166,13 +180,7 @@ def time_variants(variants, windows, reps, per_rep):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="tanh4")
-    ap.add_argument("--steps", type=int, default=16, help="QAT steps of batch 64 before export")
-    ap.add_argument("--reps", type=int, default=31)
-    ap.add_argument("--windows", type=int, default=200, help="windows per variant per repetition")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = parser().parse_args()
 
     load0 = os.getloadavg()
     model, rng = make_model(args.recipe, args.steps)

@@ -24,6 +24,25 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+ARCHS = ("dnn", "dscnn", "tcresnet", "crnn")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="tanh4")
+    p.add_argument("--hop", type=int, default=2, help="frames between window re-runs = frames per streaming step")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=60.0, help="length of the timed feature stream")
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--runs", nargs="*", default=[], help="arch=RUN_DIR: add the run's validation accuracy per phase")
+    p.add_argument("--accuracy_only", action="store_true", help="with --runs: print only the accuracy table")
+    return p
+
+
+if __name__ == "__main__":
+    parser().parse_args()  # --help answers before TensorFlow is imported
+
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -32,7 +51,6 @@ from kws_quant.models import KWSModelConfig, StreamingRunner, build_kws_model  #
 from kws_quant.models.compute import macs_per_second, window_macs  # noqa: E402
 from kws_quant.models.stream_state import NotStreamableError, StatefulStreamingRunner, to_streaming  # noqa: E402
 
-ARCHS = ("dnn", "dscnn", "tcresnet", "crnn")
 PHASES = ("float", "tanh8", "tanh5", "tanh4")
 
 
@@ -103,14 +121,7 @@ def row(arch: str, recipe: str, hop: int, repeats: int, seconds: float = 60.0) -
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="tanh4")
-    p.add_argument("--hop", type=int, default=2, help="frames between window re-runs = frames per streaming step")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=60.0, help="length of the timed feature stream")
-    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
-    p.add_argument("--runs", nargs="*", default=[], help="arch=RUN_DIR: add the run's validation accuracy per phase")
-    p.add_argument("--accuracy_only", action="store_true", help="with --runs: print only the accuracy table")
+    p = parser()
     args = p.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -29,6 +29,9 @@ def kws_config() -> ml_collections.ConfigDict:
     c.data.wakeword = ml_collections.ConfigDict(dict(  # source=wakeword: folders under --data_dir
         positives="alexa", negatives=("speech_commands", "an4", "fsdd")))
     c.data.cache_dir = ""                  # synthetic audio cache; empty: ~/.cache/kws_quant/synthetic
+    c.data.feature_cache = "auto"          # decoded features/audio between epochs: auto (disk beyond 1 GiB) | memory
+                                           # | disk (shards, reused by later runs) | none
+    c.data.feature_cache_dir = ""          # disk shards; empty: $KWS_QUANT_CACHE or ~/.cache/kws_quant, /features
     c.data.synthetic = ml_collections.ConfigDict(dict(
         clips_per_keyword=800, unknown_clips=1200, silence_clips=300, seed=0))
 

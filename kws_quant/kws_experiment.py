@@ -44,6 +44,8 @@ def check_config(cfg: dict) -> None:
     c = d["clip_seconds"]
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 0):
         raise ValueError(f"config.data.clip_seconds={c!r} must be a finite number of seconds > 0")
+    if d["feature_cache"] not in kd.CACHE_MODES:
+        raise ValueError(f"config.data.feature_cache={d['feature_cache']!r} is not one of {list(kd.CACHE_MODES)}")
     feats = FeatureConfig(**cfg["features"])
     model_config(cfg, feats.num_frames(int(round(c * feats.sample_rate))), feats.n_mels)  # arch, widths, window
 
@@ -68,7 +70,8 @@ def prepare_data(cfg: dict, skip_bad_files: bool = False) -> KWSData:
                                max_shift=int(d["max_shift_seconds"] * feats.sample_rate),
                                speed=tuple(d["speed"])) if d["augment"] else None
     common = dict(label_names=label_names, feature_cfg=feats, clip_seconds=d["clip_seconds"],
-                  batch_size=d["batch_size"], seed=cfg["seed"], skip_bad_files=skip_bad_files, trim_db=d["trim_db"])
+                  batch_size=d["batch_size"], seed=cfg["seed"], skip_bad_files=skip_bad_files, trim_db=d["trim_db"],
+                  cache=d["feature_cache"], cache_dir=d["feature_cache_dir"] or None)
     masks = d["spec_augment"]
     spec = kd.SpecAugmentConfig(**masks) if d["augment"] and (masks["time_masks"] or masks["freq_masks"]) else None
     train = kd.make_dataset(manifest, "train", augment=augment, spec_augment_cfg=spec, **common)

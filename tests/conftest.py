@@ -7,7 +7,9 @@ it left).
 import zlib
 
 import numpy as np
+import pandas as pd
 import pytest
+import soundfile as sf
 
 
 def _seed(request) -> int:
@@ -27,6 +29,25 @@ def _reseed_module_rng(request):
     if module is not None and isinstance(getattr(module, "RNG", None), np.random.Generator):
         module.RNG = np.random.default_rng(_seed(request))
     yield
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    """``(manifest, noise path)``: 12 tone clips of 0.5-1.4 s (labels yes/no/up; 16 kHz mono, 44.1 kHz stereo and
+    8 kHz in turn), 4 speakers (two train, one validation, one test), and a 1 s noise file at 24 kHz."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        label = ["yes", "no", "up"][i % 3]
+        rate, channels = [(16000, 1), (44100, 2), (8000, 1)][i % 3]
+        t = np.arange(int(float(rng.uniform(0.5, 1.4)) * rate)) / rate
+        wave = (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t)).astype(np.float32)
+        path = str(tmp_path / f"{label}_{i}.wav")
+        sf.write(path, wave if channels == 1 else np.stack([wave] * channels, axis=1), rate, subtype="PCM_16")
+        rows.append((path, label, f"s{i % 4}", "train" if i % 4 < 2 else ["validation", "test"][i % 4 - 2]))
+    noise = str(tmp_path / "noise.wav")
+    sf.write(noise, np.random.default_rng(1).uniform(-.2, .2, 24000), 24000, subtype="PCM_16")
+    return pd.DataFrame(rows, columns=["path", "label", "speaker", "split"]), noise
 
 
 def pytest_configure(config):

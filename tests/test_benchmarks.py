@@ -68,3 +68,13 @@ def test_zoo_tiny(tmp_path):
         in out.stdout
     bad = bench("bench_zoo.py", "--runs", f"resnet={tmp_path}")
     assert bad.returncode == 2 and "expected arch=RUN_DIR" in bad.stderr
+
+
+def test_data_scale_tiny(tmp_path):
+    """A 120-clip folder in the full dataset's layout, one disk-cached run: the table has its row."""
+    out = bench("bench_data_scale.py", "--clips", "120", "--corpus_dir", str(tmp_path / "corpus"), "--cache_dir",
+                str(tmp_path / "cache"), "--epochs", "1", "--batch", "16", "--settings", "disk")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "corpus"))[:3] == ["_background_noise_", "backward", "bed"]
+    row = [line for line in out.stdout.splitlines() if line.startswith("| disk, cold |")]
+    assert len(row) == 1 and row[0].count("|") == 8, out.stdout[-2000:]

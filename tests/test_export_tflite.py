@@ -416,7 +416,8 @@ def test_split_front_end_gives_an_all_int8_model(kws, tmp_path):
     stream = logmel_like(kws["rng"], 1, frames=140)[0]
     per_frame = front.frames(stream)
     assert per_frame.shape == (139, 40) and per_frame.dtype == np.int8
-    for start in (0, 1, 17, 42):
+    for start in (0, 1, 17, 42):  # exact: both paths do the same float operations in the same order (elementwise
+        # affine, then the p pooled values summed in index order), only the array layout differs
         np.testing.assert_array_equal(front.window(per_frame, start), front.apply(stream[start:start + 98])[0])
     with pytest.raises(ValueError, match="a window starting at frame 43 needs 97 frame outputs"):
         front.window(per_frame, 43)

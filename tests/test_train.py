@@ -119,7 +119,10 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     d = metrics["tanh4"]["deployment"]
     # (a logit beyond the range calibrated on training/validation windows saturates: a few clips here)
     assert d["within_one_step"] >= 0.9 and d["core_within_one_step"] == d["within_one_step"], d
-    assert d["argmax_agreement"] >= 0.9 and d["keras_test_accuracy"] == metrics["tanh4"]["test_accuracy"]
+    # the export scores the test windows in one batch, the evaluation in the dataset's batches: oneDNN may round a
+    # near-tie differently for another batch size, so one clip may differ
+    assert d["argmax_agreement"] >= 0.9
+    assert abs(d["keras_test_accuracy"] - metrics["tanh4"]["test_accuracy"]) * metrics["tanh4"]["test_clips"] <= 1.01
     assert abs(d["int8_test_accuracy"] - d["keras_test_accuracy"]) <= 0.1
     assert d["int8_bytes"] == os.path.getsize(export / "int8.tflite") and d["int8_vs_float32"] > 3.5
     assert "## Deployment exports" in (tmp_path / "run" / "report" / "report.md").read_text()
@@ -146,6 +149,7 @@ def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
     ({"train": {"learning_rate": float("nan")}}, "config.train.learning_rate=nan must be a finite number > 0"),
     ({"train": {"qat_learning_rate": -1.0}}, "config.train.qat_learning_rate=-1.0 must be a finite number > 0"),
     ({"train": {"float_epochs": -2}}, "config.train.float_epochs=-2 must be an integer >= 0"),
+    ({"data": {"feature_cache": "ram"}}, "config.data.feature_cache='ram' is not one of ['auto', 'memory', 'disk'"),
 ])
 def test_bad_config_values_are_refused_before_training(tmp_path, override, message):
     import re

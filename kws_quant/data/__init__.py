@@ -30,6 +30,8 @@ from kws_quant.data.augmentation import (
     speed_perturb,
     time_shift,
 )
+from kws_quant.data.disk_cache import MODES as CACHE_MODES
+from kws_quant.data.disk_cache import default_cache_root
 from kws_quant.data.espeak import check_voice, list_voices, synthesize
 from kws_quant.data.manifest import (
     COLUMNS,
@@ -58,9 +60,9 @@ from kws_quant.data.synthetic import DEFAULT_VOICES, SyntheticConfig, default_ca
 from kws_quant.data.vocabulary import NON_KEYWORDS
 
 __all__ = [
-    "AudioFileError", "AugmentConfig", "BadFile", "COLUMNS", "DEFAULT_SAMPLE_RATE", "DEFAULT_VOICES", "DIGIT_WORDS",
+    "AudioFileError", "AugmentConfig", "BadFile", "CACHE_MODES", "COLUMNS", "DEFAULT_SAMPLE_RATE", "DEFAULT_VOICES", "DIGIT_WORDS",
     "NON_KEYWORDS", "SILENCE_LABEL", "SPLITS", "SpecAugmentConfig", "SyntheticConfig", "UNKNOWN_LABEL", "assign_speaker_splits", "augment",
-    "check_audio_file", "check_speaker_disjoint", "check_voice", "coloured_noise", "default_cache_dir",
+    "check_audio_file", "check_speaker_disjoint", "check_voice", "coloured_noise", "default_cache_dir", "default_cache_root",
     "find_bad_files", "fit_length", "keyword_label", "label_indices", "list_voices", "load_audio", "load_audio_files",
     "make_dataset", "mix_at_snr", "power", "random_gain", "random_segment", "read_csv_manifest", "read_fsdd",
     "read_audio_folder", "read_speech_commands", "read_sphinx", "read_wakeword_corpus", "corpus_layout", "relabel_unknown", "require_evaluation_folder", "spec_augment", "speech_commands_speaker", "change_speed", "speed_perturb", "summarize_bad_files", "synthesize", "synthetic_corpus", "time_shift",

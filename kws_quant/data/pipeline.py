@@ -6,21 +6,26 @@ random offset when augmenting). Features come from :func:`kws_quant.features.log
 
 Without augmentation the features are cached; with augmentation the decoded audio is cached and cropping,
 :func:`~kws_quant.data.augmentation.augment` and the features run after the cache, with a generator per element seeded
-from ``seed`` (``tf.data.Dataset.random`` re-randomized each epoch), so a run is reproducible for a seed.
+from ``seed`` (``tf.data.Dataset.random`` re-randomized each epoch), so a run is reproducible for a seed. The cache
+is in memory, or on disk in shards for a corpus too large for memory (:mod:`kws_quant.data.disk_cache`).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from kws_quant.data.audio import find_bad_files, fit_length, load_audio, load_audio_files, trim_silence
+from kws_quant.data.audio import (BadFile, find_bad_files, fit_length, load_audio, load_audio_files,
+                                  summarize_bad_files, trim_silence)
 from kws_quant.data.augmentation import AugmentConfig
 from kws_quant.data.augmentation import augment as augment_clip
+from kws_quant.data.disk_cache import (SHUFFLE_BUFFER_BYTES, default_cache_root, disk_cached, fingerprint, open_entry,
+                                       resolve_mode)
 from kws_quant.data.manifest import SILENCE_LABEL, SPLITS
 from kws_quant.data.spec_augment import SpecAugmentConfig, spec_augment
 from kws_quant.features import FeatureConfig, logmel_tf, mel_matrix
@@ -51,12 +56,13 @@ def make_dataset(
     shuffle: bool | None = None,
     augment: AugmentConfig | None = None,
     seed: int = 0,
-    cache: bool | str = True,
+    cache: bool | str = "memory",
     skip_bad_files: bool = False,
     drop_remainder: bool = False,
     shuffle_buffer: int = 10_000,
     spec_augment_cfg: SpecAugmentConfig | None = None,
     trim_db: float = 0.0,
+    cache_dir: str | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(features float32 [B, frames, n_mels], label index int32 [B])`` for one split.
 
@@ -70,7 +76,10 @@ def make_dataset(
         shuffle: default: only for ``"train"``. Shuffles after the cache, reshuffled each epoch.
         augment: augmentation settings, or ``None``. ``noises`` may hold waveforms or file paths (loaded here at
             ``feature_cfg.sample_rate``).
-        cache: ``True`` in memory, a path prefix for a file cache (one per manifest/split/config), ``False`` none.
+        cache: where the decoded features (or, when augmenting, the decoded audio) are kept between epochs:
+            ``"memory"`` (or ``True``), ``"disk"`` (shards under ``cache_dir``, default
+            ``<KWS_QUANT_CACHE or ~/.cache/kws_quant>/features``, reused by later runs while files and settings are
+            unchanged: :mod:`kws_quant.data.disk_cache`), ``"auto"`` (disk beyond 1 GiB) or ``"none"`` (``False``).
         skip_bad_files: skip unreadable/empty/missing files (a summary is printed) instead of raising.
         shuffle_buffer: upper bound of the shuffle buffer (elements).
         spec_augment_cfg: SpecAugment masks on the features of each batch (:mod:`kws_quant.data.spec_augment`), seeded
@@ -92,59 +101,77 @@ def make_dataset(
     # an excerpt of a longer file (silence cut from a noise recording): its start second; -1: the whole file
     starts = (rows["start_s"].astype(float).fillna(-1.0) if "start_s" in rows else pd.Series(-1.0, rows.index))
     starts = starts.to_numpy(np.float32)
-    bad = {b.path for b in find_bad_files(list(dict.fromkeys(paths)), skip_bad_files)}  # repeated rows: once
-    if bad:
-        keep = np.array([p not in bad for p in paths])
-        paths, labels, starts = paths[keep], labels[keep], starts[keep]
-        if not len(paths):
-            raise ValueError(f"split={split!r}: every file is bad")
     sample_rate = feature_cfg.sample_rate
     num_samples = int(round(clip_seconds * sample_rate))
     frames = feature_cfg.num_frames(num_samples)
     if frames < 1:
         raise ValueError(f"clip_seconds={clip_seconds} is shorter than one analysis window")
+    silence = list(label_names).index(SILENCE_LABEL) if SILENCE_LABEL in label_names else -1
+    trimmed = (labels != silence) if trim_db > 0 else np.zeros(len(paths), bool)  # what decoding depends on
+    content = "features" if augment is None else "audio"
+    element_bytes = 4 * (frames * feature_cfg.n_mels if augment is None else num_samples)
+    mode = resolve_mode(cache, len(paths), element_bytes)
+    disk_key = None
+    if mode == "disk":  # a cache of these files and settings records its bad files: the headers need no new check
+        settings = {"content": content, "features": dataclasses.asdict(feature_cfg), "num_samples": num_samples,
+                    "trim_db": float(trim_db)}
+        disk_key = fingerprint(paths, zip(starts.tolist(), trimmed.tolist()), settings)
+        cache_root = cache_dir or os.path.join(default_cache_root(), "features")
+        bad = _recorded_bad_files(cache_root, disk_key, skip_bad_files)
+    if disk_key is None or bad is None:
+        bad = find_bad_files(list(dict.fromkeys(paths)), skip_bad_files)  # repeated rows: once
+    bad_paths = {b.path for b in bad}
+    if bad_paths:
+        keep = np.array([p not in bad_paths for p in paths])
+        paths, labels, starts, trimmed = paths[keep], labels[keep], starts[keep], trimmed[keep]
+        if not len(paths):
+            raise ValueError(f"split={split!r}: every file is bad")
     mel_weights = tf.constant(mel_matrix(feature_cfg).T)
     autotune = tf.data.AUTOTUNE
 
-    def features(audio, label):  # on batches: batched STFTs are ~2.5x faster than per-clip ones
+    def features(audio):  # on batches: batched STFTs are ~2.5x faster than per-clip ones
         out = logmel_tf(audio, feature_cfg, mel_weights)
         out.set_shape([None, frames, feature_cfg.n_mels])
-        return out, label
+        return out
 
-    silence = list(label_names).index(SILENCE_LABEL) if SILENCE_LABEL in label_names else -1
-
-    def decode(path, label, start, fixed_length):
-        def load(p, index, start_s):
+    def decode(index, path, start, trim, fixed_length):
+        def load(p, start_s, trim_this):
             audio = load_audio(p.decode(), sample_rate)
             if start_s >= 0:
                 first = int(round(float(start_s) * sample_rate))
                 audio = audio[first:first + num_samples]
-            if trim_db > 0 and index != silence:
+            if trim_this:
                 audio = trim_silence(audio, trim_db)
             return fit_length(audio, num_samples) if fixed_length else audio
-        audio = tf.numpy_function(load, [path, label, start], tf.float32, stateful=False)
+        audio = tf.numpy_function(load, [path, start, trim], tf.float32, stateful=False)
         audio.set_shape([num_samples] if fixed_length else [None])
-        return audio, label
+        return index, audio
 
-    def decode_clip(path, label, start):
-        return decode(path, label, start, True)
-
-    def decode_whole(path, label, start):
-        return decode(path, label, start, False)
+    def decoded() -> tf.data.Dataset:
+        """``(index int64, features [frames, n_mels] or audio [samples])`` in index order: what the cache holds."""
+        ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths, starts, trimmed))
+        if augment is not None:
+            return ds.map(lambda i, p, s, t: decode(i, p, s, t, False), num_parallel_calls=autotune)
+        # unbatch loses the cardinality; Keras would then learn an epoch's length by running out of data (and warn)
+        return ds.map(lambda i, p, s, t: decode(i, p, s, t, True), num_parallel_calls=autotune).batch(64).map(
+            lambda i, a: (i, features(a))).unbatch().apply(tf.data.experimental.assert_cardinality(len(paths)))
 
     if shuffle is None:
         shuffle = split == "train"
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels, starts))
-    if augment is None:
-        # unbatch loses the cardinality; Keras would then learn an epoch's length by running out of data (and warn)
-        ds = ds.map(decode_clip, num_parallel_calls=autotune).batch(64).map(features).unbatch().apply(
-            tf.data.experimental.assert_cardinality(len(paths)))
+    buffer = min(len(paths), shuffle_buffer)
+    if mode == "disk":
+        ds, _ = disk_cached(decoded, disk_key, cache_root, len(paths), shuffle, seed, describe=f"{split} {content}",
+                            extra_info={"bad_files": [dataclasses.asdict(b) for b in bad]})
+        buffer = min(buffer, max(1, SHUFFLE_BUFFER_BYTES // element_bytes))
+        options = tf.data.Options()  # workers split the elements, not the shard files (uneven, or too few)
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(options)
     else:
-        ds = ds.map(decode_whole, num_parallel_calls=autotune)
-    if cache:
-        ds = ds.cache("" if cache is True else str(cache))
+        ds = decoded().cache() if mode == "memory" else decoded()
+    label_table = tf.constant(labels)
+    ds = ds.map(lambda i, x: (x, tf.gather(label_table, i)))
     if shuffle:
-        ds = ds.shuffle(min(len(paths), shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if augment is not None:
         augment_fn = _clip_augmenter(_with_loaded_noises(augment, sample_rate, skip_bad_files), num_samples)
 
@@ -157,12 +184,27 @@ def make_dataset(
         ds = tf.data.Dataset.zip((ds, seeds)).map(augmented, num_parallel_calls=autotune)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:
-        ds = ds.map(features, num_parallel_calls=autotune)
+        ds = ds.map(lambda audio, label: (features(audio), label), num_parallel_calls=autotune)
     if spec_augment_cfg is not None:
         batch_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
             lambda batch, s: (spec_augment(batch[0], spec_augment_cfg, s), batch[1]), num_parallel_calls=autotune)
     return ds.prefetch(autotune)
+
+
+def _recorded_bad_files(cache_root: str, key: str, skip_bad_files: bool) -> list[BadFile] | None:
+    """The bad files a complete disk cache of ``key`` recorded when it was built (its files are unchanged: they are
+    in the key), or ``None`` when there is no such cache or it recorded bad files without ``skip_bad_files`` (the
+    check then runs again and raises, naming them)."""
+    entry, _ = open_entry(os.path.join(cache_root, key), key)
+    if entry is None:
+        return None
+    bad = [BadFile(**b) for b in entry.info.get("bad_files", [])]
+    if bad and not skip_bad_files:
+        return None
+    if bad:
+        print(summarize_bad_files(bad), file=sys.stderr)
+    return bad
 
 
 def _with_loaded_noises(cfg: AugmentConfig, sample_rate: int, skip_bad_files: bool) -> AugmentConfig:

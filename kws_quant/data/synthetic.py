@@ -27,6 +27,7 @@ import shutil
 import numpy as np
 import pandas as pd
 
+from kws_quant.data.disk_cache import default_cache_root
 from kws_quant.data.audio import fit_length, write_wav
 from kws_quant.data.augmentation import coloured_noise, mix_at_snr, power
 from kws_quant.data.espeak import check_voice, synthesize
@@ -136,8 +137,7 @@ class SyntheticConfig:
 
 def default_cache_dir() -> str:
     """``$KWS_QUANT_CACHE/synthetic`` if set, else ``~/.cache/kws_quant/synthetic``."""
-    root = os.environ.get("KWS_QUANT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kws_quant")
-    return os.path.join(root, "synthetic")
+    return os.path.join(default_cache_root(), "synthetic")
 
 
 def synthetic_corpus(cfg: SyntheticConfig = SyntheticConfig(), cache_dir: str | None = None) -> pd.DataFrame:
