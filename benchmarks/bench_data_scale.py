@@ -176,17 +176,19 @@ def main():
     r0 = rows[0]
     print(f"\n{r0['clips']:,} clips ({r0['train_clips']:,} train), batch {a.batch}, {a.epochs} epoch(s) of "
           f"{r0['steps_per_epoch']} steps, {os.cpu_count()} CPUs, TensorFlow {r0['tf']}\n")
-    print("| setting | cache build (train clips/s) | time to first step (s) | epoch 1 (clips/s) | "
-          "later epochs (clips/s) | peak RSS (MiB) | cache on disk (MiB) |")
+    print("| setting | cache build (train clips/s) | time to first step (s) | epoch 1 clips/s (steps/s) | "
+          "later epochs clips/s (steps/s) | peak RSS (MiB) | cache on disk (MiB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         c = r["cache"] if r["setting"] != "memory" else {}
         build = (f"{c['elements'] / c['build_seconds']:,.0f}" if c and r["setting"] == "disk, cold" else "-")
-        later = r["epoch_s"][1:]
-        rate = (f"{r['train_clips'] * len(later) / sum(later):,.0f}" if later else "-")
+        def rate(seconds):
+            n = len(seconds)
+            return (f"{r['train_clips'] * n / sum(seconds):,.0f} ({r['steps_per_epoch'] * n / sum(seconds):.1f})"
+                    if n else "-")
         disk = f"{c['bytes'] / 2**20:,.0f}" if c else "-"
-        print(f"| {r['setting']} | {build} | {r['first_step_s']:.1f} | {r['train_clips'] / r['epoch_s'][0]:,.0f} | "
-              f"{rate} | {r['peak_rss_mib']:,.0f} | {disk} |")
+        print(f"| {r['setting']} | {build} | {r['first_step_s']:.1f} | {rate(r['epoch_s'][:1])} | "
+              f"{rate(r['epoch_s'][1:])} | {r['peak_rss_mib']:,.0f} | {disk} |")
 
 
 if __name__ == "__main__":
