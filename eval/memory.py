@@ -2,9 +2,10 @@
 
 :func:`project_memory` reports, per layer and in total, the bytes of its stored weights on a target preset, its
 activation buffers, and the streaming input buffer. Weight sizes come from the same plan and size function as the
-packed export (:func:`kws_quant.export.packing.plan_model`, :meth:`StoredTensor.nbytes`), so the projected weight
-storage equals the size of the payload :func:`kws_quant.export.packing.pack` writes for the same preset; the storage
-rules (widths, word rounding, scales, zero points, batch-norm folding) are documented there and in docs/memory.md.
+packed export (:func:`kws_quant.export.storage_plan.plan_model`, :meth:`StoredTensor.nbytes`), so the projected
+weight storage equals the size of the payload :func:`kws_quant.export.packing.pack` writes for the same preset; the
+storage rules (widths, word rounding, scales, zero points, batch-norm folding) are documented there and in
+docs/memory.md.
 
 Command line (the numbers in docs/memory.md)::
 
@@ -19,8 +20,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from kws_quant.export.packing import (FLOAT_BITS, PRESETS, MemoryPreset, get_preset, model_input_bits, plan_model,
-                                      segment_nbytes)
+from kws_quant.export.storage_plan import (FLOAT_BITS, PRESETS, MemoryPreset, get_preset, model_input_bits,
+                                           plan_model, segment_nbytes)
 from kws_quant.layers import quant_layers
 
 __all__ = ["MemoryPreset", "PRESETS", "project_memory", "streaming_state_bytes", "summary_table", "to_markdown"]

@@ -6,6 +6,9 @@ r"""Compare trained KWS models on one page: streaming DET curves, operating poin
 
 Writes ``report.md``, ``report.html``, CSV tables (``operating_points.csv``, ``det_<model>.csv``, ``memory.csv``)
 and PNG plots (``det.png``, ``memory.png``) to ``--out`` (default ``<run_dir>/report``).
+
+Longer than 500 lines: one document (markdown, HTML, tables, figures) whose sections share one scoring of the run's
+models; :mod:`eval.folder_eval` and :mod:`eval.kws_streams` already hold what is not the document itself.
 """
 from __future__ import annotations
 

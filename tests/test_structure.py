@@ -49,3 +49,19 @@ def test_quantizer_state_and_grids_are_read_through_the_public_api(private):
     bad = [f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()}" for path in python_files()
            for i, line in enumerate(open(path, encoding="utf-8"), 1) if pattern.search(line)]
     assert not bad, "\n".join(bad)
+
+
+MAX_LINES = 500
+
+
+def test_long_modules_say_why_at_the_top():
+    """A source module over 500 lines states why in its docstring ("Longer than 500 lines: ..."), or is split."""
+    bad = []
+    for path in python_files():
+        if os.path.relpath(path, ROOT).split(os.sep)[0] not in PACKAGES:
+            continue
+        text = open(path, encoding="utf-8").read()
+        doc = ast.get_docstring(ast.parse(text, path)) or ""
+        if text.count("\n") > MAX_LINES and "Longer than 500 lines:" not in doc:
+            bad.append(f"{os.path.relpath(path, ROOT)}: {text.count(chr(10))} lines")
+    assert not bad, "\n".join(bad)
