@@ -25,7 +25,7 @@ from asr_ext.rnnt_loss import RNNTLoss
 from asr_ext.text import CharVocabulary
 from kws_quant import qat
 from kws_quant.distributed import make_strategy, remove_worker_workdir, role_of, worker_workdir
-from kws_quant.features import FeatureConfig
+from kws_quant.features import FeatureConfig, feature_config_defaults
 from kws_quant.training import RunDir, check_training_config, resumable_fit
 
 FLOAT_PHASE = "float"
@@ -60,8 +60,7 @@ def asr_config() -> ml_collections.ConfigDict:
         enabled=True, speed=(0.9, 1.1), gain_db=(-6.0, 6.0), noise_prob=0.5, snr_db=(10.0, 30.0), freq_masks=2,
         freq_mask_width=6, time_masks=2, time_mask_fraction=0.05, mel_warp=(1.0, 1.0)))
 
-    c.features = ml_collections.ConfigDict(dict(
-        sample_rate=16000, n_mels=40, win_ms=25.0, hop_ms=10.0, n_fft=512, fmin=20.0, log_floor=1e-6))
+    c.features = ml_collections.ConfigDict(feature_config_defaults())  # kws_quant.features.FeatureConfig
 
     c.model = ml_collections.ConfigDict(dict(
         encoder="lstm", frame_stack=2, lstm_units=(192, 192), reduce_after=(0,), reduce_factor=2,

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from asr_ext.text import CharVocabulary
 from kws_quant import data as kd
+from kws_quant.features import DEFAULT_SAMPLE_RATE
 
 MANIFEST_COLUMNS = ("utt_id", "text", "speaker", "split", "segments", "duration", "source")
 DIGIT_WORDS = kd.DIGIT_WORDS
@@ -156,7 +157,7 @@ class SyntheticASRConfig:
     rate_wpm: tuple = (130, 200)
     pitch: tuple = (25, 75)
     pitch_range: tuple = (20, 80)
-    sample_rate: int = 16000
+    sample_rate: int = DEFAULT_SAMPLE_RATE
     seed: int = 0
 
     def __post_init__(self):

@@ -1,6 +1,8 @@
 """Defaults shared by the KWS experiment configs in configs/. Every field can be overridden: --config.train.float_epochs=3."""
 import ml_collections
 
+from kws_quant.features import feature_config_defaults
+
 
 def kws_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -35,8 +37,7 @@ def kws_config() -> ml_collections.ConfigDict:
     c.data.synthetic = ml_collections.ConfigDict(dict(
         clips_per_keyword=800, unknown_clips=1200, silence_clips=300, seed=0))
 
-    c.features = ml_collections.ConfigDict(dict(
-        sample_rate=16000, n_mels=40, win_ms=25.0, hop_ms=10.0, n_fft=512, fmin=20.0, log_floor=1e-6))
+    c.features = ml_collections.ConfigDict(feature_config_defaults())  # kws_quant.features.FeatureConfig
 
     c.model = ml_collections.ConfigDict(dict(  # kws_quant.models.KWSModelConfig
         arch="dnn",                        # dnn (the paper's) | tdnn | dscnn | tcresnet | crnn (streaming zoo)

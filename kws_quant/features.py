@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 AGREEMENT_TOLERANCE = 1e-3
+DEFAULT_SAMPLE_RATE = 16000
+"""Hz: the rate audio is read at, the features computed at, and the synthetic corpora rendered at, by default."""
 """Max abs difference, in the log domain, between :func:`logmel_tf` and :func:`logmel_librosa`."""
 
 
@@ -41,7 +43,7 @@ class FeatureConfig:
         log_floor: mel power is clamped to at least this before the log.
     """
 
-    sample_rate: int = 16000
+    sample_rate: int = DEFAULT_SAMPLE_RATE
     n_mels: int = 40
     win_ms: float = 25.0
     hop_ms: float = 10.0
@@ -78,6 +80,12 @@ class FeatureConfig:
         if num_samples < self.win_length:
             return 0
         return 1 + (num_samples - self.win_length) // self.hop_length
+
+
+def feature_config_defaults() -> dict:
+    """:class:`FeatureConfig`'s defaults as an experiment config section (``config.features``); fields whose default
+    is ``None`` are left out (the config then uses the default)."""
+    return {k: v for k, v in dataclasses.asdict(FeatureConfig()).items() if v is not None}
 
 
 @functools.lru_cache(maxsize=16)

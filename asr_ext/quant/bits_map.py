@@ -1,42 +1,19 @@
 """Per-layer maps from layer-name patterns to bit widths (or any per-layer value), and recipes built from them.
 
-A map such as ``{"dense_in": 1, "*": 4}`` assigns every candidate layer the value of its *most specific* matching
-pattern (``fnmatch`` syntax, case-sensitive):
-
-1. a pattern equal to the layer name beats any wildcard pattern;
-2. among wildcard patterns, the one with more literal (non-wildcard) characters wins (``"dense_*"`` over ``"*"``);
-3. on a tie, the pattern written first in the map wins.
-
-So ``{"dense_in": 1, "*": 4}`` and ``{"*": 4, "dense_in": 1}`` mean the same. A layer no pattern matches is left
+A map such as ``{"dense_in": 1, "*": 4}`` assigns every candidate layer the value of its matching pattern that wins
+under the precedence rule of :mod:`kws_quant.models.patterns` (the one recipes use too): an exact name beats a
+wildcard, more literal characters beat fewer, the first written wins a tie. A layer no pattern matches is left
 alone (float, or whatever the base recipe says). A pattern that matches no candidate layer raises ``ValueError``: a
 typo must not silently quantize nothing. A plain value (``4``) instead of a dict applies to every candidate layer.
-
-Note: :func:`kws_quant.models.recipes.spec_for` resolves its ``layers`` overrides differently (the last matching
-override wins); recipes produced here therefore use exact (escaped) layer names, where both rules agree.
 """
 from __future__ import annotations
 
 import copy
-import fnmatch
-import re
 
 import keras
 
-_ESCAPED = re.compile(r"\[([^\]!])\]")  # "[*]", "[?]", "[[]" or "[x]": one literal character
-_WILDCARDS = re.compile(r"[*?]|\[[^\]]*\]")
+from kws_quant.models.patterns import by_precedence, escape_pattern, matches  # noqa: F401 (escape_pattern: re-exported)
 
-
-def escape_pattern(name: str) -> str:
-    """An ``fnmatch`` pattern that matches exactly ``name`` (``*``, ``?`` and ``[`` bracketed)."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-def _specificity(pattern: str) -> tuple[bool, int]:
-    """``(is an exact name, number of literal characters)``; escaped single characters count as literals."""
-    parts = _ESCAPED.split(pattern)  # even items: raw text, odd items: escaped literal characters
-    raw = "".join(parts[0::2])
-    literal = len(_WILDCARDS.sub("", raw)) + len(parts[1::2])
-    return (_WILDCARDS.search(raw) is None, literal)
 
 
 def layer_names(layers) -> list[str]:
@@ -83,19 +60,19 @@ def matching(mapping: dict, names, what: str = "bits map") -> dict:
         raise ValueError(f"{what}: there is no candidate layer (no quantized layer with a kernel)")
     if not isinstance(mapping, dict):
         raise ValueError(f"{what}: expected a dict {{layer-name pattern: value}}, got {type(mapping).__name__}")
-    ranked = []
-    for order, (pattern, value) in enumerate(mapping.items()):
+    hits = {}
+    for pattern in mapping:
         if not isinstance(pattern, str) or not pattern:
             raise ValueError(f"{what}: key {pattern!r} is not a layer-name pattern (a non-empty str)")
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
+        hits[pattern] = {n for n in names if matches(pattern, n)}
+        if not hits[pattern]:
             raise ValueError(f"{what}: pattern {pattern!r} matches no layer; layers: {', '.join(names)}")
-        ranked.append((*_specificity(pattern), -order, pattern, value, set(hits)))
+    ranked = by_precedence(mapping)
     out = {}
     for n in names:
-        hits = sorted((r for r in ranked if n in r[5]), key=lambda r: r[:3])
-        if hits:
-            out[n] = [r[4] for r in hits]
+        values = [mapping[p] for p in ranked if n in hits[p]]
+        if values:
+            out[n] = values
     return out
 
 
@@ -112,8 +89,8 @@ def recipe_from_map(mapping, layers, make_spec, base_recipe: dict | None = None,
         role: the recipe role to set (``"kernel"``).
 
     Returns:
-        The recipe. Each matched layer gets an override under its escaped exact name, placed after every override of
-        the base recipe, so it wins under ``spec_for``'s last-match rule.
+        The recipe. Each matched layer gets an override under its escaped exact name, which beats every wildcard
+        override of the base recipe (:mod:`kws_quant.models.patterns`).
     """
     values = resolve(mapping, layers, what)
     recipe = copy.deepcopy(dict(base_recipe or {}))

@@ -16,7 +16,8 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-DEFAULT_SAMPLE_RATE = 16000
+from kws_quant.features import DEFAULT_SAMPLE_RATE
+
 
 
 class AudioFileError(ValueError):

@@ -34,6 +34,7 @@ from kws_quant.data.espeak import check_voice, synthesize
 from kws_quant.data.manifest import SILENCE_LABEL, UNKNOWN_LABEL, assign_speaker_splits
 from kws_quant.data.readers import read_csv_manifest
 from kws_quant.data.vocabulary import NON_KEYWORDS
+from kws_quant.features import DEFAULT_SAMPLE_RATE
 
 CORPUS_FORMAT = 1
 """Bumped whenever rendering changes, so older caches are not reused."""
@@ -97,7 +98,7 @@ class SyntheticConfig:
     snr_db: tuple[float, float] = (5.0, 30.0)
     silence_dbfs: tuple[float, float] = (-65.0, -30.0)
     clip_seconds: float = 1.0
-    sample_rate: int = 16000
+    sample_rate: int = DEFAULT_SAMPLE_RATE
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     validation_voices: tuple[str, ...] = ()
     test_voices: tuple[str, ...] = ()

@@ -8,13 +8,14 @@ A recipe maps roles to registry specs, with per-layer overrides matched by ``fnm
      "layers": {"dense_out": {"kernel": "tanh(bits=8, mode='symmetric', per_channel=True, output_scale='max')"}}}
 
 Roles: ``kernel``, ``bias`` (dense/conv), ``input`` (the model's input quantizer), ``activation`` (after each
-non-linearity), ``bn_gain``, ``bn_offset`` (folded batch-norm). A missing role is float.
+non-linearity), ``bn_gain``, ``bn_offset`` (folded batch-norm). A missing role is float. When several ``layers``
+patterns set a role of one layer, the most specific wins (:mod:`kws_quant.models.patterns`: an exact name beats a
+wildcard, more literal characters beat fewer, the first written wins a tie).
 """
 from __future__ import annotations
 
-import fnmatch
-
 from kws_quant import quantizers as qz
+from kws_quant.models.patterns import by_precedence, matches
 
 RECIPE_ROLES = ("kernel", "bias", "input", "activation", "bn_gain", "bn_offset")
 
@@ -80,16 +81,16 @@ def _all_specs(recipe):
 
 
 def spec_for(recipe: dict, layer_name: str, role: str):
-    """The spec for ``role`` of layer ``layer_name``: the last matching override, else the recipe's default."""
-    spec = recipe.get(role)
-    for pattern, roles in (recipe.get("layers") or {}).items():
-        if fnmatch.fnmatchcase(layer_name, pattern) and role in roles:
-            spec = roles[role]
-    return spec
+    """The spec for ``role`` of layer ``layer_name``: that of the winning override among those that match the layer and
+    set the role (:mod:`kws_quant.models.patterns`: an exact name beats a wildcard, more literal characters beat
+    fewer, the first written wins a tie), else the recipe's default."""
+    overrides = recipe.get("layers") or {}
+    candidates = [p for p, roles in overrides.items() if matches(p, layer_name) and role in roles]
+    return overrides[by_precedence(candidates)[-1]][role] if candidates else recipe.get(role)
 
 
 def check_patterns_match(recipe: dict, layer_names) -> None:
     """Raise if an override pattern matches no layer (a typo would otherwise silently quantize nothing)."""
     for pattern in recipe.get("layers") or {}:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in layer_names):
+        if not any(matches(pattern, n) for n in layer_names):
             raise ValueError(f"recipe pattern {pattern!r} matches no layer; layers: {', '.join(layer_names)}")
