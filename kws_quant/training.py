@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kws_quant.distributed import agree_on_backup, make_strategy  # noqa: F401 (make_strategy: re-exported)
+from kws_quant.layers import copy_weights
 from kws_quant.run_files import CheckedBackupAndRestore, check_keras_file, read_json, save_model_atomically
 
 
@@ -216,27 +217,10 @@ def read_history(csv_path: str) -> dict:
 
 
 def transfer_weights(src: keras.Model, dst: keras.Model) -> int:
-    """Copy every variable of ``src`` into the same-named layer/variable of ``dst`` (float → QAT initialisation).
-
-    Variables that exist only in ``dst`` (QAT stage flags, range statistics) keep their values. Returns the number of
-    variables copied; raises if a shared variable's shape differs.
-    """
-    copied = 0
-    for layer in src.layers:
-        try:
-            target = dst.get_layer(layer.name)
-        except ValueError:
-            continue
-        theirs = {v.path.split("/")[-1]: v for v in target.variables}
-        for v in layer.variables:
-            name = v.path.split("/")[-1]
-            if name in theirs and name != "qat_stage":
-                if tuple(theirs[name].shape) != tuple(v.shape):
-                    raise ValueError(f"cannot transfer {layer.name}/{name}: shape {tuple(v.shape)} vs "
-                                     f"{tuple(theirs[name].shape)}")
-                theirs[name].assign(v)
-                copied += 1
-    return copied
+    """Float → QAT initialisation: :func:`kws_quant.layers.copy_weights` without the QAT stage flag (``dst`` keeps
+    its own stage; variables only ``dst`` has, such as range statistics, keep their values). Returns the number of
+    variables copied; raises if a shared variable's shape differs."""
+    return copy_weights(src, dst, skip=("qat_stage",))
 
 
 def ptq_phase_name(recipe: str) -> str:

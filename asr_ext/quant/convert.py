@@ -10,49 +10,10 @@ Subclassed models cannot be cloned this way: build their QAT twin from a recipe 
 from __future__ import annotations
 
 import keras
-from keras import ops
 
 from asr_ext.quant import bits_map as bm
 from kws_quant import quantizers as qz
-from kws_quant.layers import QuantActivation, quant_layers
-
-
-def _all_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False)]
-
-
-def copy_weights(src, dst) -> int:
-    """Copy each variable of ``src``'s layers into the same-named variable of the same-named layer of ``dst``.
-
-    Layers are matched by name over all nested layers (names must be unique in each model), variables by the last
-    component of their path. Returns the number of variables copied; raises on a shape mismatch.
-    """
-    def by_name(model):
-        out = {}
-        for layer in _all_layers(model):
-            if isinstance(layer, keras.Model):
-                continue
-            if layer.name in out:
-                raise ValueError(f"copy_weights: layer name {layer.name!r} occurs twice in {model.name!r}")
-            out[layer.name] = layer
-        return out
-
-    theirs = by_name(dst)
-    copied = 0
-    for name, layer in by_name(src).items():
-        target = theirs.get(name)
-        if target is None:
-            continue
-        variables = {v.path.split("/")[-1]: v for v in target.variables}
-        for v in layer.variables:
-            key = v.path.split("/")[-1]
-            if key in variables:
-                if tuple(variables[key].shape) != tuple(v.shape):
-                    raise ValueError(f"copy_weights: {name}/{key} has shape {tuple(v.shape)} in the source and "
-                                     f"{tuple(variables[key].shape)} in the target")
-                variables[key].assign(ops.convert_to_numpy(v))
-                copied += 1
-    return copied
+from kws_quant.layers import QuantActivation, copy_weights, quant_layers
 
 
 def clone_replacing(model, replace, copy: bool = True) -> keras.Model:

@@ -57,7 +57,7 @@ from kws_quant.export.tflite.fixed_point import (INT8, INT16, INT32, LUT_OUTPUT,
                                               multiply_by_quantized_multiplier, quantize_multiplier,
                                               round_half_away, rounding_divide_by_pot,
                                               saturating_rounding_doubling_high_mul, to_int64)
-from kws_quant.layers import QuantDense, QuantLSTM
+from kws_quant.layers import QuantDense, QuantLSTM, all_layers
 from kws_quant.quantizers.base import check_bits, check_choice, ste
 from kws_quant.quantizers.linear import LinearQuantizer
 
@@ -328,7 +328,7 @@ _LSTM_KEYS = ("name", "trainable", "dtype", "units", "return_sequences", "return
 
 
 def _candidates(model) -> dict:
-    return {layer.name: layer for layer in model._flatten_layers(include_self=False)
+    return {layer.name: layer for layer in all_layers(model)
             if isinstance(layer, (QuantDense, keras.layers.Dense, QuantLSTM))}
 
 
