@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_args(tmp_path, *extra, float_epochs=2):

@@ -19,7 +19,7 @@ from kws_quant.data import speech_commands_speaker
 from kws_quant.models import KWSModelConfig, build_kws_model
 from shared_data import SPEECH_COMMANDS_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = {"yes": 300.0, "no": 600.0, "up": 1200.0}
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from kws_quant.distributed import WorkerRole, free_local_ports, worker_role, worker_workdir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EPOCHS = 1  # of the comparison: 5 steps
 LEARNING_RATE = 2e-3  # config.train.learning_rate of the runs (kws_quant.config_defaults)
 CHIEF_NOTICES = 30  # seconds the test waits for the chief to stop by itself after its peer was killed

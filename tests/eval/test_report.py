@@ -126,6 +126,6 @@ def test_report_cli_bad_input_gives_one_clear_line(run_dir, tmp_path, args, mess
         args = [f"--run_dir={run_dir}", *args]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, "-m", "eval.report", f"--out={tmp_path / 'r'}", *args], capture_output=True,
-                         text=True, timeout=300, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+                         text=True, timeout=300, env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "r" / "report.md").exists()

@@ -15,7 +15,7 @@ from kws_quant import qat
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense,
                               quant_layers)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def small_model(seed=0):
@@ -219,7 +219,7 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, sys
-    sys.path.insert(0, "tests")
+    sys.path.insert(0, "tests/kws_quant")
     from test_layers import small_model, toy_data
     from kws_quant import qat
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -13,7 +13,7 @@ from kws_quant.models.compute import layer_macs, macs_per_second, window_macs
 from kws_quant.models.stream_state import NotStreamableError, StatefulStreamingRunner, to_streaming
 from kws_quant.models.zoo import ZOO_ARCHS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = {"dscnn": dict(hidden=(16, 16, 16), kernel_size=5), "tcresnet": dict(hidden=(16, 16, 24)),
          "crnn": dict(hidden=(16, 16, 16))}
 
