@@ -26,9 +26,9 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (default: <run_dir>/eval_
 
 def folder_config(run_dir: str, data_dir: str) -> dict:
     """The run's config pointed at ``data_dir`` (same source layout, features and decoding)."""
-    from asr_ext.asr_experiment import asr_config
+    from asr_ext.experiments.asr import asr_config
     from kws_quant.run_files import read_json
-    from kws_quant.training import merged
+    from kws_quant.run_files import merged
 
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
@@ -50,7 +50,7 @@ def evaluate_folder(run_dir: str, data_dir: str, phases=None, out_dir: str | Non
     import keras
 
     import asr_ext  # noqa: F401  (registers the layers and the loss)
-    from asr_ext.asr_experiment import evaluate, load_manifest, prepare_data
+    from asr_ext.experiments.asr import evaluate, load_manifest, prepare_data
     from kws_quant.data import other_sample_rates
     from kws_quant.run_files import check_keras_file
 

@@ -237,7 +237,7 @@ def rnnt_loss(logits, labels, logit_lengths, label_lengths, blank: int = 0, redu
     ``tf.debugging`` asserts (``InvalidArgumentError``). XLA (``jit_compile=True``, Keras' default on a GPU) drops
     asserts; there the same value checks are made in the compiled graph instead: each utterance with a length
     outside its range or a label within ``label_lengths`` that is blank or outside ``[0, V)`` gets a NaN loss and
-    a NaN gradient (so Keras training stops on it with ``kws_quant.training.StopOnNonFiniteLoss``); a batch that is
+    a NaN gradient (so Keras training stops on it with ``kws_quant.experiments.training.StopOnNonFiniteLoss``); a batch that is
     empty only at run time gives an empty loss (``reduction="mean"``: NaN).
     """
     if reduction not in _REDUCTIONS:

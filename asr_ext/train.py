@@ -7,7 +7,7 @@ r"""Train a float RNN-T and its two-stage QAT twins, decode the test split (WER/
 Phases: ``float``, then one per recipe in ``config.qat.recipes`` (initialised from the float model; ``stage1_epochs``
 with weight quantizers, then ``stage2_epochs`` fully quantized, in one ``fit``). Killed and restarted with the same
 command, it skips finished phases and resumes the current one from its last completed epoch
-(:mod:`kws_quant.training`). Bad input (config values, data, transcripts) ends with one ``error: ...`` line and exit
+(:mod:`kws_quant.experiments.training`). Bad input (config values, data, transcripts) ends with one ``error: ...`` line and exit
 status 2 (``--traceback`` shows the traceback).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from kws_quant import cli
+from kws_quant.experiments import cli
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "asr_synthetic.py")
@@ -23,7 +23,7 @@ _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "asr_synthetic.py")
 
 def run():
     """Console entry point ``asr-ext-train``."""
-    cli.run_experiment(_DEFAULT_CONFIG, "asr_ext.asr_experiment")
+    cli.run_experiment(_DEFAULT_CONFIG, "asr_ext.experiments.asr")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ noise, each written under a new speaker; without that folder, chirps and noise. 
 
 Then each setting runs in a fresh process (so that its peak memory is its own): the configuration of
 ``configs/kws_speech_commands.py`` (augmentation on: the decoded audio is what is cached) reads the folder, builds
-its datasets (``kws_quant.kws_experiment.prepare_data``) and trains the float model for ``--epochs`` epochs. One row
+its datasets (``kws_quant.experiments.kws.prepare_data``) and trains the float model for ``--epochs`` epochs. One row
 per setting: ``memory`` (the tf.data in-memory cache), ``disk, cold`` (the disk cache built first), ``disk, warm``
 (a second run reusing it). Times count from the start of the process (imports, reading the folder, building the
 cache, tracing the step). Peak memory is the process's maximum resident set size (``ru_maxrss``).
@@ -85,7 +85,7 @@ def child(a) -> None:
     import keras
     import tensorflow as tf
 
-    from kws_quant import kws_experiment as kx
+    from kws_quant.experiments import kws as kx
 
     spec = __import__("importlib.util").util.spec_from_file_location(
         "cfg", os.path.join(ROOT, "configs", "kws_speech_commands.py"))

@@ -78,7 +78,7 @@ def timers(stream_path: str, window_path: str) -> dict:
 
 
 def load_windows(cfg, calib_n: int, test_n: int | None):
-    from kws_quant.kws_experiment import prepare_data
+    from kws_quant.experiments.kws import prepare_data
 
     data = prepare_data(cfg)
 

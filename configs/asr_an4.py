@@ -11,7 +11,7 @@ dropout 0.2 learnt the prompts' word sequences instead of the acoustics (validat
 docs/asr_an4.md). One float model, a tanh 4-bit twin, then every ASR quantization method (one phase each, initialised
 from the float model), and a float and a native 4-bit Conformer.
 """
-from asr_ext.asr_experiment import asr_config
+from asr_ext.experiments.asr import asr_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ recordings have very different noise floors, and the gaps are digital silence). 
 60 ms frame rate (3 stacked frames, then 2). Run with --data_dir=../shared/data/fsdd; docs/asr_fsdd.md has the
 measured WER and the command.
 """
-from asr_ext.asr_experiment import asr_config
+from asr_ext.experiments.asr import asr_config
 
 
 def get_config():

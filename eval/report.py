@@ -48,12 +48,12 @@ def load_run(run_dir: str, names=None) -> tuple[dict, dict]:
         raise FileNotFoundError(f"{run_dir} is not a kws_quant run directory: no config.json")
     from kws_quant.config_defaults import kws_config
     from kws_quant.run_files import read_json
-    from kws_quant.training import merged
+    from kws_quant.run_files import merged
 
     saved = read_json(cfg_path, "the run's configuration", "it is written by kws_quant.train: restore it, or train "
                       "the run again into a new --workdir")
     cfg = merged(kws_config().to_dict(), saved)  # keys added since the run keep their defaults
-    from kws_quant.training import ptq_phase_name
+    from kws_quant.run_files import ptq_phase_name
 
     phases = (["float", *map(ptq_phase_name, cfg["qat"].get("ptq_recipes", ())), *cfg["qat"]["recipes"]]
               if names is None else list(names))

@@ -1,6 +1,6 @@
 """Reading back the files of a run directory, with one clear error for each damaged file.
 
-A run directory (:class:`kws_quant.training.RunDir`) is read back on every resume: ``config.json``, ``metrics.json``,
+A run directory (:class:`kws_quant.experiments.training.RunDir`) is read back on every resume: ``config.json``, ``metrics.json``,
 each phase's ``backup/`` (Keras ``BackupAndRestore``: ``latest.weights.h5`` and ``training_metadata.json``, and with
 ``double_checkpoint`` their ``.bkp`` copies from the epoch before) and each finished phase's ``model.keras``. A
 file damaged by a full disk, a kill during a write or a bad copy gives a ``ValueError`` that names the file and what
@@ -152,3 +152,16 @@ class CheckedBackupAndRestore(keras.callbacks.BackupAndRestore):
             self.model.load_weights(tmp)
         finally:
             os.remove(tmp)
+
+
+def merged(base: dict, override: dict) -> dict:
+    """``base`` updated recursively with ``override`` (new dicts; neither input changes)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def ptq_phase_name(recipe: str) -> str:
+    """Run-directory phase of the post-training baseline of ``recipe``."""
+    return f"ptq_{recipe}"

@@ -1,6 +1,6 @@
 """A KWS experiment's data from its config: ``config.data`` → the manifest of labelled clips and noise files.
 
-Shared by the training runner (:mod:`kws_quant.kws_experiment`) and the evaluation of a finished run
+Shared by the training runner (:mod:`kws_quant.experiments.kws`) and the evaluation of a finished run
 (:mod:`eval.report`), which must read the same clips with the same labels and splits.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""QAT methods of the ASR experiment (asr_ext.methods) on a tiny synthetic RNN-T: every method phase trains without
+"""QAT methods of the ASR experiment (asr_ext.experiments.methods) on a tiny synthetic RNN-T: every method phase trains without
 NaNs, records WER, bits and weight memory, resumes after a kill; bad names, bits and maps give clear errors."""
 import math
 import shutil
@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from asr_ext import asr_experiment as ax
-from asr_ext import methods
+from asr_ext.experiments import asr as ax
+from asr_ext.experiments import methods
 from asr_ext.models import RNNTConfig, build_rnnt
 from asr_ext.quant import lloyd_max_roles
 from kws_quant.export.packing import unpack
-from kws_quant.training import read_history
+from kws_quant.experiments.training import read_history
 
 METHODS = ("s8bqat5", "gq_mixed14", "native4_conformer", "nna8")
 TINY_MODEL = dict(lstm_units=(24,), reduce_after=(), frame_stack=4, pred_units=(16,), joint_units=16, embed_dim=8,

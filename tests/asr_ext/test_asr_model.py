@@ -7,7 +7,7 @@ import asr_ext  # noqa: F401
 from asr_ext.models import QuantDepthwiseConv1D, QuantLSTM, RNNTConfig, build_rnnt, encoder_lengths
 from kws_quant import qat
 from kws_quant.layers import QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDense, quant_layers
-from kws_quant.training import transfer_weights
+from kws_quant.experiments.training import transfer_weights
 
 TANH4 = "tanh(bits=4, mode='symmetric', per_channel=True, output_scale='max')"
 TINY = dict(lstm_units=(24, 24), pred_units=(16,), joint_units=20, embed_dim=8, conformer_dim=16,

@@ -10,7 +10,7 @@ from asr_ext.quant.lloyd_max import quantization_mse, uniform_grids
 from kws_quant import quantizers as qz
 from kws_quant.layers import QuantActivation, QuantConv1D, QuantDense
 from kws_quant.models import KWSModelConfig, build_kws_model
-from kws_quant.training import transfer_weights
+from kws_quant.experiments.training import transfer_weights
 
 RNG = np.random.default_rng(7)
 DISTRIBUTIONS = {

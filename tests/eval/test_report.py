@@ -8,7 +8,7 @@ import pytest
 
 from eval.kws_streams import StreamConfig, build_streams
 from kws_quant.config_defaults import kws_config
-from kws_quant.training import write_json
+from kws_quant.experiments.training import write_json
 
 SMALL = StreamConfig(stream_seconds=20.0, negative_hours=0.01, hop_frames=4)
 
@@ -16,7 +16,7 @@ SMALL = StreamConfig(stream_seconds=20.0, negative_hours=0.01, hop_frames=4)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """config.json + float and tanh4 models (untrained) + labels.json, as kws_quant.train writes them."""
-    from kws_quant.kws_experiment import build_model, prepare_data
+    from kws_quant.experiments.kws import build_model, prepare_data
 
     root = tmp_path_factory.mktemp("run")
     cfg = kws_config().to_dict()
@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_streams_place_keyword_occurrences_at_known_times(run_dir):
-    from kws_quant.kws_experiment import load_manifest
+    from kws_quant.experiments.kws import load_manifest
 
     manifest, _, keywords, _ = load_manifest(json.load(open(run_dir / "config.json")))
     streams = build_streams(manifest, "test", keywords, 16000, SMALL)
@@ -103,7 +103,7 @@ def test_empty_test_split_is_refused():
 
 def test_all_keyword_split_draws_extra_audio_with_events(run_dir):
     """A digit task has no non-keyword clips: the extra hours come from all clips and keep their events."""
-    from kws_quant.kws_experiment import load_manifest
+    from kws_quant.experiments.kws import load_manifest
 
     manifest, _, keywords, _ = load_manifest(json.load(open(run_dir / "config.json")))
     only_keywords = manifest[manifest["label"].isin(keywords)]

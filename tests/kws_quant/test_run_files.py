@@ -1,4 +1,4 @@
-"""Fault injection in a run directory (kws_quant.training.RunDir, resumable_fit; kws_quant.run_files): damaged
+"""Fault injection in a run directory (kws_quant.experiments.training.RunDir, resumable_fit; kws_quant.run_files): damaged
 backups, backup metadata, model.keras, config.json and metrics.json each give one ValueError naming the file and
 what to delete, or resume from the good copy; a kill while model.keras is written loses nothing. In-process, on a
 tiny model: the command line's side (one ``error:`` line, exit status 2) is in test_train.py."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kws_quant.training import RunDir, read_history, resumable_fit
+from kws_quant.experiments.training import RunDir, read_history, resumable_fit
 
 EPOCHS = 3
 

@@ -154,7 +154,7 @@ def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
 def test_bad_config_values_are_refused_before_training(tmp_path, override, message):
     import re
 
-    from kws_quant import kws_experiment
+    from kws_quant.experiments import kws as kws_experiment
     from kws_quant.config_defaults import kws_config
 
     cfg = kws_config().to_dict()
@@ -212,7 +212,7 @@ def test_failed_start_does_not_block_the_corrected_rerun(tmp_path):
 
 
 def test_changed_config_in_same_workdir_is_refused(tmp_path):
-    from kws_quant.training import RunDir
+    from kws_quant.experiments.training import RunDir
 
     run_dir = RunDir(str(tmp_path / "r"))
     run_dir.save_config({"train": {"float_epochs": 2}, "name": "x"})
@@ -251,7 +251,7 @@ def _train_clips(data):
 
 
 def test_stereo_and_odd_rates_are_converted(tmp_path):
-    from kws_quant.kws_experiment import prepare_data
+    from kws_quant.experiments.kws import prepare_data
 
     _digit_tree(tmp_path, np.random.default_rng(0))
     data = prepare_data(_fsdd_cfg(tmp_path))
@@ -266,7 +266,7 @@ def test_stereo_and_odd_rates_are_converted(tmp_path):
     ("1_alice_8.wav", b"%PDF-1.4 this is not audio at all", "alice_8"),
 ])
 def test_bad_audio_names_the_file_or_is_skipped(tmp_path, capsys, name, content, reason):
-    from kws_quant.kws_experiment import prepare_data
+    from kws_quant.experiments.kws import prepare_data
 
     _digit_tree(tmp_path, np.random.default_rng(0))
     (tmp_path / name).write_bytes(content)
@@ -299,7 +299,7 @@ def test_skip_bad_files_flag_on_the_command_line(tmp_path):
 
 
 def test_keyword_not_in_the_data_is_named(tmp_path):
-    from kws_quant.kws_experiment import load_manifest
+    from kws_quant.experiments.kws import load_manifest
 
     _digit_tree(tmp_path, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"keyword label\(s\) \['eleven'\] from config.data.keywords have no clips"):

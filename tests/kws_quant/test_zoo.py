@@ -156,7 +156,7 @@ def test_same_padding_and_strided_inner_convs_are_not_streamable():
 
 def test_experiment_checks_the_model_config_before_reading_data():
     from kws_quant.config_defaults import kws_config
-    from kws_quant.kws_experiment import check_config, model_config
+    from kws_quant.experiments.kws import check_config, model_config
 
     cfg = kws_config().to_dict()
     cfg["model"]["arch"] = "tcresnet"
