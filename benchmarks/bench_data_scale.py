@@ -19,6 +19,7 @@ cache, tracing the step). Peak memory is the process's maximum resident set size
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -87,9 +88,8 @@ def child(a) -> None:
 
     from kws_quant.experiments import kws as kx
 
-    spec = __import__("importlib.util").util.spec_from_file_location(
-        "cfg", os.path.join(ROOT, "configs", "kws_speech_commands.py"))
-    module = __import__("importlib.util").util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", "kws_speech_commands.py"))
+    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cfg = module.get_config().to_dict()
     cfg["data"].update(data_dir=a.corpus_dir, feature_cache=a.cache, feature_cache_dir=a.cache_dir,
