@@ -52,8 +52,8 @@ def make(recipe, stage=None, jit=False):
     return model
 
 
-BREAKDOWN = {"kernel": ("kernel",), "input": ("input",), "activation": ("activation",),
-             "bias + batch-norm": ("bias", "bn_gain", "bn_offset")}
+BREAKDOWN = {"kernel": ("kernel",), "input": ("input",), "activation": ("output",),
+             "bias + batch-norm": ("bias", "gain", "offset")}
 """``--breakdown``: one XLA stage-2 model per group of roles, only those roles quantized (tanh4 recipe)."""
 
 
@@ -78,7 +78,7 @@ def main():
         for group, roles in BREAKDOWN.items():
             models[f"only {group}, XLA"] = make(only(roles), 2, True)
         models["only activation (range='current'), XLA"] = make(
-            only(("activation",), activation="linear(bits=8, range='current')"), 2, True)
+            only(("output",), output="linear(bits=8, range='current')"), 2, True)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     steps = {}
     for name, m in models.items():  # compile and warm up: the first fit traces

@@ -54,6 +54,7 @@ def kws_config() -> ml_collections.ConfigDict:
     c.train.stage2_epochs = 4              # QAT: + inputs, activations, biases, batch-norm (stage 2)
     c.train.qat_learning_rate = 5e-4
     c.train.qat_init_from_float = True     # start QAT from the float model's weights
+    c.train.ema_momentum = 0.0             # > 0: validate and keep the weights' moving average
     c.train.jit_compile = True             # XLA train step (QAT then costs what float costs)
 
     c.report = ml_collections.ConfigDict(dict(  # eval.report at the end of the run: streaming DET + memory

@@ -11,8 +11,8 @@ Conformer), prediction network (one-hot → embedding → LSTM) and joint networ
 
 Recipe roles (:mod:`kws_quant.models.recipes`) map to the layers as in the KWS model: ``kernel`` → every
 ``QuantDense``/``QuantConv1D``/``QuantLSTM`` (input *and* recurrent kernel)/``QuantDepthwiseConv1D`` kernel,
-``bias`` → their biases, ``input`` → ``input_quant`` (the features), ``activation`` → every quantized non-linearity
-output (LSTM outputs, ReLU/swish projections, the joint's tanh), ``bn_gain``/``bn_offset`` → the Conformer's
+``bias`` → their biases, ``input`` → ``input_quant`` (the features), ``output`` → every quantized non-linearity
+output (LSTM outputs, ReLU/swish projections, the joint's tanh), ``gain``/``offset`` → the Conformer's
 batch-norms. LayerNorms, attention softmax and residual sums stay float.
 
 Layer names (for per-layer overrides): ``input_quant`` (after ``input_mask``); LSTM encoder ``enc_lstm_<i>`` (``stack_in``,
@@ -23,6 +23,7 @@ att_out,conv_pw1,conv_dw,conv_bn,conv_act,conv_pw2,ff2_in,ff2_out}``; prediction
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -31,7 +32,7 @@ from asr_ext.models.layers import (GLU, FrameStack, JointCombine, MaskedSelfAtte
                                    SequenceMask, SinusoidalPosition, reduced_length)
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDense, QuantDepthwiseConv1D,
                               QuantLSTM)
-from kws_quant.models.recipes import check_patterns_match, get_recipe, spec_for
+from kws_quant.models.recipes import check_patterns_match, get_recipe, quantizer_kwargs, spec_for
 
 ENCODERS = ("lstm", "conformer")
 
@@ -125,8 +126,7 @@ def build_rnnt(config: RNNTConfig, vocab_size: int, recipe="float", name: str = 
     if not 0 <= blank < vocab_size:
         raise ValueError(f"blank={blank!r} must be in [0, vocab_size={vocab_size})")
 
-    def q(layer_name, **roles):
-        return {f"{k}_quantizer": spec_for(recipe, layer_name, v) for k, v in roles.items()}
+    q = functools.partial(quantizer_kwargs, recipe)  # q(layer name, *roles) -> <role>_quantizer kwargs
 
     features = keras.Input((None, config.n_mels), name="features")
     lengths = keras.Input((), dtype="int32", name="feature_lengths")
@@ -140,18 +140,18 @@ def build_rnnt(config: RNNTConfig, vocab_size: int, recipe="float", name: str = 
     enc = SequenceMask(name="enc_mask")([enc, enc_lengths])
 
     y = PredictorInput(vocab_size, blank, name="pred_input")(labels)
-    y = QuantDense(config.embed_dim, use_bias=False, name="pred_embed", **q("pred_embed", kernel="kernel"))(y)
+    y = QuantDense(config.embed_dim, use_bias=False, name="pred_embed", **q("pred_embed", "kernel"))(y)
     for i, units in enumerate(config.pred_units):
         lname = f"pred_lstm_{i}"
-        y = QuantLSTM(units, name=lname, **q(lname, kernel="kernel", bias="bias", output="activation"))(y)
+        y = QuantLSTM(units, name=lname, **q(lname, "kernel", "bias", "output"))(y)
         if config.dropout:
             y = keras.layers.Dropout(config.dropout, name=f"pred_dropout_{i}")(y)
 
-    je = QuantDense(config.joint_units, name="joint_enc", **q("joint_enc", kernel="kernel", bias="bias"))(enc)
-    jp = QuantDense(config.joint_units, use_bias=False, name="joint_pred", **q("joint_pred", kernel="kernel"))(y)
+    je = QuantDense(config.joint_units, name="joint_enc", **q("joint_enc", "kernel", "bias"))(enc)
+    jp = QuantDense(config.joint_units, use_bias=False, name="joint_pred", **q("joint_pred", "kernel"))(y)
     z = JointCombine(name="joint_add")([je, jp])
-    z = QuantActivation("tanh", name="joint_act", quantizer=spec_for(recipe, "joint_act", "activation"))(z)
-    logits = QuantDense(vocab_size, name="joint_out", **q("joint_out", kernel="kernel", bias="bias"))(z)
+    z = QuantActivation("tanh", name="joint_act", quantizer=spec_for(recipe, "joint_act", "output"))(z)
+    logits = QuantDense(vocab_size, name="joint_out", **q("joint_out", "kernel", "bias"))(z)
     model = keras.Model({"features": features, "feature_lengths": lengths, "labels": labels}, logits, name=name)
     check_patterns_match(recipe, [layer.name for layer in model.layers])
     return model
@@ -162,7 +162,7 @@ def _lstm_encoder(x, lengths, config, q):
     lengths = ReduceLengths(config.frame_stack, name="stack_in_lengths")(lengths)
     for i, units in enumerate(config.lstm_units):
         lname = f"enc_lstm_{i}"
-        x = QuantLSTM(units, name=lname, **q(lname, kernel="kernel", bias="bias", output="activation"))(x)
+        x = QuantLSTM(units, name=lname, **q(lname, "kernel", "bias", "output"))(x)
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, name=f"enc_dropout_{i}")(x)
         if i in config.reduce_after:
@@ -176,8 +176,8 @@ def _conformer_encoder(x, lengths, config, q, recipe):
     d, drop = config.conformer_dim, config.dropout
 
     def dense(v, units, lname, activation=None):
-        roles = dict(kernel="kernel", bias="bias", **({"output": "activation"} if activation else {}))
-        return QuantDense(units, activation=activation, name=lname, **q(lname, **roles))(v)
+        roles = ("kernel", "bias", *(("output",) if activation else ()))
+        return QuantDense(units, activation=activation, name=lname, **q(lname, *roles))(v)
 
     def dropout(v, lname):
         return keras.layers.Dropout(drop, name=lname)(v) if drop else v
@@ -190,7 +190,7 @@ def _conformer_encoder(x, lengths, config, q, recipe):
     for i in range(2):  # convolutional subsampling, time reduction 4
         lname = f"conv_sub_{i}"
         x = QuantConv1D(d, 3, strides=2, padding="same", activation="relu", name=lname,
-                        **q(lname, kernel="kernel", bias="bias", output="activation"))(x)
+                        **q(lname, "kernel", "bias", "output"))(x)
         lengths = ReduceLengths(2, name=f"conv_sub_{i}_lengths")(lengths)
         x = SequenceMask(name=f"conv_sub_{i}_mask")([x, lengths])
     x = dense(x, d, "conf_proj")
@@ -213,15 +213,15 @@ def _conformer_encoder(x, lengths, config, q, recipe):
         y = dropout(dense(y, d, f"{p}_att_out"), f"{p}_att_dropout")
         x = residual(x, y, f"{p}_att")
         y = keras.layers.LayerNormalization(name=f"{p}_conv_norm")(x)
-        y = QuantConv1D(2 * d, 1, name=f"{p}_conv_pw1", **q(f"{p}_conv_pw1", kernel="kernel", bias="bias"))(y)
+        y = QuantConv1D(2 * d, 1, name=f"{p}_conv_pw1", **q(f"{p}_conv_pw1", "kernel", "bias"))(y)
         y = GLU(name=f"{p}_conv_glu")(y)
         y = SequenceMask(name=f"{p}_conv_mask")([y, lengths])  # padding must not leak into the depthwise conv
         y = QuantDepthwiseConv1D(config.conformer_kernel, use_bias=False, name=f"{p}_conv_dw",
-                                 **q(f"{p}_conv_dw", kernel="kernel"))(y)
-        y = QuantBatchNormalization(name=f"{p}_conv_bn", **q(f"{p}_conv_bn", gain="bn_gain", offset="bn_offset"))(y)
+                                 **q(f"{p}_conv_dw", "kernel"))(y)
+        y = QuantBatchNormalization(name=f"{p}_conv_bn", **q(f"{p}_conv_bn", "gain", "offset"))(y)
         y = QuantActivation("swish", name=f"{p}_conv_act", quantizer=spec_for(recipe, f"{p}_conv_act",
-                                                                              "activation"))(y)
-        y = QuantConv1D(d, 1, name=f"{p}_conv_pw2", **q(f"{p}_conv_pw2", kernel="kernel", bias="bias"))(y)
+                                                                              "output"))(y)
+        y = QuantConv1D(d, 1, name=f"{p}_conv_pw2", **q(f"{p}_conv_pw2", "kernel", "bias"))(y)
         x = residual(x, dropout(y, f"{p}_conv_dropout"), f"{p}_conv")
         x = ffn(x, "ff2")
         x = keras.layers.LayerNormalization(name=f"{p}_norm")(x)

@@ -86,15 +86,24 @@ def build_model(cfg: dict, data: KWSData, recipe) -> keras.Model:
     return build_kws_model(mcfg, len(data.label_names), recipe, name=f"kws_{recipe}")
 
 
-def compile_model(model, learning_rate: float, decay_steps: int, jit_compile: bool = True) -> None:
-    """Adam with cosine decay. XLA fuses the quantizers' elementwise chains: a QAT step then costs what a float
+def compile_model(model, learning_rate: float, decay_steps: int, jit_compile: bool = True,
+                  ema_momentum: float = 0.0) -> None:
+    """Adam with cosine decay; ``ema_momentum`` > 0 keeps an exponential moving average of the trainable weights
+    (Keras' ``use_ema``: the average is what ``fit`` leaves in the model, what validation sees through
+    :func:`ema_callbacks`, and what a resumed run restores with the optimizer's state). XLA fuses the quantizers' elementwise chains: a QAT step then costs what a float
     step costs (docs/bench_qat_step.md); Keras leaves XLA off on CPU by default. XLA is left off when the current
     strategy spans several replicas: a compiled step cannot reach variables on another logical CPU, and TensorFlow has
     no XLA collectives on CPU devices for multi-worker training."""
     jit_compile = jit_compile and tf.distribute.get_strategy().num_replicas_in_sync == 1
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(decay_steps, 1), alpha=0.05)
-    model.compile(keras.optimizers.Adam(schedule), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    optimizer = keras.optimizers.Adam(schedule, use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile)
+
+
+def ema_callbacks(model) -> list:
+    """Validate on the weights' moving average when the optimizer keeps one (:func:`compile_model`)."""
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=False)] if model.optimizer.use_ema else []
 
 
 def evaluate(model, data: KWSData) -> dict:
@@ -129,12 +138,12 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: KWSData, strat
     with strategy.scope():
         model = build_model(cfg, data, recipe)
         compile_model(model, t["learning_rate"] if is_float else t["qat_learning_rate"],
-                      epochs * data.steps_per_epoch, t["jit_compile"])
+                      epochs * data.steps_per_epoch, t["jit_compile"], t.get("ema_momentum", 0.0))
     write_json(os.path.join(run.phase(phase), "labels.json"), data.label_names)  # the report checks label sets
     if init is not None:
         transfer_weights(init, model)
-    callbacks = [] if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=t["stage1_epochs"],
-                                                     verbose=verbose > 0)]
+    callbacks = ema_callbacks(model) + ([] if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=t["stage1_epochs"],
+                                                                             verbose=verbose > 0)])
     print(f"\n== phase {phase}: recipe {recipe!r}, {model.count_params():,} parameters, {epochs} epochs ==")
     result = resumable_fit(model, run, phase, data.train, epochs, validation_data=data.validation,
                            callbacks=callbacks, verbose=verbose)

@@ -141,6 +141,9 @@ def check_training_config(cfg: dict, epoch_keys=("float_epochs", "stage1_epochs"
         v = t[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
             raise ValueError(f"config.train.{key}={v!r} must be a finite number > 0")
+    ema = t.get("ema_momentum", 0.0)
+    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+        raise ValueError(f"config.train.ema_momentum={ema!r} must be a number in [0, 1) (0: no weight average)")
     if not (integer(d["batch_size"]) and d["batch_size"] > 0):
         raise ValueError(f"config.data.batch_size={d['batch_size']!r} must be an integer > 0")
 

@@ -10,12 +10,13 @@ All map one window of stacked log-mel frames ``[window_frames, n_mels]`` to keyw
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 
 from kws_quant.layers import QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDense
 from kws_quant.models import zoo
-from kws_quant.models.recipes import check_patterns_match, get_recipe, spec_for
+from kws_quant.models.recipes import check_patterns_match, get_recipe, quantizer_kwargs, spec_for
 
 ARCHS = ("dnn", "tdnn") + zoo.ZOO_ARCHS
 
@@ -86,15 +87,13 @@ def build_kws_model(config: KWSModelConfig, num_classes: int, recipe="float", na
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes} must be at least 2 (keywords plus a non-keyword class)")
 
-    def q(layer_name, **roles):
-        """``<layer role>_quantizer`` kwargs for ``layer_name``, from recipe roles."""
-        return {f"{k}_quantizer": spec_for(recipe, layer_name, v) for k, v in roles.items()}
+    q = functools.partial(quantizer_kwargs, recipe)  # q(layer name, *roles) -> <role>_quantizer kwargs
 
     inp = keras.Input((config.window_frames, config.n_mels), name="logmel")
     # Learned per-mel-bin normalisation (CMVN), the frame pooling (dnn), then the input quantizer: everything after
     # it is integer. Pooling before the quantizer keeps the average exact: an int8 model cannot hold the half step
     # that averaging two quantized frames makes, so the Keras model and its int8 export would round it differently.
-    x = QuantBatchNormalization(name="bn_in", **q("bn_in", gain="bn_gain", offset="bn_offset"))(inp)
+    x = QuantBatchNormalization(name="bn_in", **q("bn_in", "gain", "offset"))(inp)
     if config.arch in zoo.ZOO_ARCHS:
         used = zoo.check_window(config.arch, config.window_frames, config.hidden, config.kernel_size, config.hop)
         if used < config.window_frames:  # the last output frame ends on the window's last frame
@@ -113,14 +112,14 @@ def build_kws_model(config: KWSModelConfig, num_classes: int, recipe="float", na
         x = keras.layers.Flatten(name="flatten")(x)
         for i, width in enumerate(config.hidden):
             lname = "dense_in" if i == 0 else f"dense_{i}"
-            x = QuantDense(width, use_bias=False, name=lname, **q(lname, kernel="kernel"))(x)
+            x = QuantDense(width, use_bias=False, name=lname, **q(lname, "kernel"))(x)
             x = _block_tail(x, i, recipe, q, config.dropout)
             names.append(lname)
     else:
         for i, filters in enumerate(config.hidden):
             lname = "dense_in" if i == 0 else f"conv_{i}"
             x = QuantConv1D(filters, 5 if i == 0 else 3, strides=2, use_bias=False, name=lname,
-                            **q(lname, kernel="kernel"))(x)
+                            **q(lname, "kernel"))(x)
             x = _block_tail(x, i, recipe, q, config.dropout)
             names.append(lname)
         x = keras.layers.Flatten(name="flatten")(x)
@@ -128,15 +127,15 @@ def build_kws_model(config: KWSModelConfig, num_classes: int, recipe="float", na
 
 
 def _finish(inp, x, num_classes, recipe, q, name):
-    out = QuantDense(num_classes, name="dense_out", **q("dense_out", kernel="kernel", bias="bias"))(x)
+    out = QuantDense(num_classes, name="dense_out", **q("dense_out", "kernel", "bias"))(x)
     model = keras.Model(inp, out, name=name)
     check_patterns_match(recipe, [layer.name for layer in model.layers])
     return model
 
 
 def _block_tail(x, i, recipe, q, dropout):
-    x = QuantBatchNormalization(name=f"bn_{i}", **q(f"bn_{i}", gain="bn_gain", offset="bn_offset"))(x)
-    x = QuantActivation("relu", name=f"act_{i}", quantizer=spec_for(recipe, f"act_{i}", "activation"))(x)
+    x = QuantBatchNormalization(name=f"bn_{i}", **q(f"bn_{i}", "gain", "offset"))(x)
+    x = QuantActivation("relu", name=f"act_{i}", quantizer=spec_for(recipe, f"act_{i}", "output"))(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
     return x

@@ -23,11 +23,13 @@ then per arch (``dw_<i>``/``pw_<i>``; ``conv_<i>a``/``conv_<i>b``/``proj_<i>``; 
 """
 from __future__ import annotations
 
+import functools
+
 import keras
 
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantDepthwiseConv1D,
                               QuantLSTM)
-from kws_quant.models.recipes import spec_for
+from kws_quant.models.recipes import quantizer_kwargs, spec_for
 
 ZOO_ARCHS = ("dscnn", "tcresnet", "crnn")
 
@@ -71,49 +73,48 @@ def check_window(arch: str, window: int, hidden: tuple, kernel_size: int, hop: i
 def build_zoo_body(x, arch: str, hidden: tuple, kernel_size: int, hop: int, dropout: float, recipe: dict):
     """The layers after ``input_quant``: ``x [B, T, n_mels]`` (cropped window) → features ``[B, C]``."""
 
-    def q(layer_name, **roles):
-        return {f"{k}_quantizer": spec_for(recipe, layer_name, v) for k, v in roles.items()}
+    q = functools.partial(quantizer_kwargs, recipe)  # q(layer name, *roles) -> <role>_quantizer kwargs
 
     def tail(x, suffix, relu=True):
-        x = QuantBatchNormalization(name=f"bn_{suffix}", **q(f"bn_{suffix}", gain="bn_gain", offset="bn_offset"))(x)
+        x = QuantBatchNormalization(name=f"bn_{suffix}", **q(f"bn_{suffix}", "gain", "offset"))(x)
         if relu:
             x = QuantActivation("relu", name=f"act_{suffix}", quantizer=spec_for(recipe, f"act_{suffix}",
-                                                                                "activation"))(x)
+                                                                                "output"))(x)
         return x
 
     def drop(x, suffix):
         return keras.layers.Dropout(dropout, name=f"dropout_{suffix}")(x) if dropout else x
 
     x = QuantConv1D(hidden[0], stem_kernel(arch, kernel_size), strides=hop, use_bias=False, name="dense_in",
-                    **q("dense_in", kernel="kernel"))(x)
+                    **q("dense_in", "kernel"))(x)
     x = drop(tail(x, "0"), "0")
     if arch == "dscnn":
         for i, width in enumerate(hidden[1:], 1):
             x = QuantDepthwiseConv1D(kernel_size, padding="valid", use_bias=False, name=f"dw_{i}",
-                                     **q(f"dw_{i}", kernel="kernel"))(x)
+                                     **q(f"dw_{i}", "kernel"))(x)
             x = tail(x, f"dw_{i}")
-            x = QuantConv1D(width, 1, use_bias=False, name=f"pw_{i}", **q(f"pw_{i}", kernel="kernel"))(x)
+            x = QuantConv1D(width, 1, use_bias=False, name=f"pw_{i}", **q(f"pw_{i}", "kernel"))(x)
             x = drop(tail(x, str(i)), str(i))
         return keras.layers.GlobalAveragePooling1D(name="pool")(x)
     if arch == "tcresnet":
         for i, width in enumerate(hidden[1:], 1):
             d = 2 ** (i - 1)
             y = QuantConv1D(width, 3, dilation_rate=d, use_bias=False, name=f"conv_{i}a",
-                            **q(f"conv_{i}a", kernel="kernel"))(x)
+                            **q(f"conv_{i}a", "kernel"))(x)
             y = tail(y, f"{i}a")
             y = QuantConv1D(width, 3, dilation_rate=d, use_bias=False, name=f"conv_{i}b",
-                            **q(f"conv_{i}b", kernel="kernel"))(y)
+                            **q(f"conv_{i}b", "kernel"))(y)
             y = tail(y, f"{i}b", relu=False)
             skip = keras.layers.Cropping1D((4 * d, 0), name=f"crop_{i}")(x)
             if skip.shape[-1] != width:
-                skip = QuantConv1D(width, 1, use_bias=False, name=f"proj_{i}", **q(f"proj_{i}", kernel="kernel"))(skip)
+                skip = QuantConv1D(width, 1, use_bias=False, name=f"proj_{i}", **q(f"proj_{i}", "kernel"))(skip)
                 skip = tail(skip, f"proj_{i}", relu=False)
             x = keras.layers.Add(name=f"add_{i}")([y, skip])
-            x = QuantActivation("relu", name=f"act_{i}", quantizer=spec_for(recipe, f"act_{i}", "activation"))(x)
+            x = QuantActivation("relu", name=f"act_{i}", quantizer=spec_for(recipe, f"act_{i}", "output"))(x)
             x = drop(x, str(i))
         return keras.layers.GlobalAveragePooling1D(name="pool")(x)
     for i, width in enumerate(hidden[1:-1], 1):
-        x = QuantConv1D(width, 3, use_bias=False, name=f"conv_{i}", **q(f"conv_{i}", kernel="kernel"))(x)
+        x = QuantConv1D(width, 3, use_bias=False, name=f"conv_{i}", **q(f"conv_{i}", "kernel"))(x)
         x = drop(tail(x, str(i)), str(i))
     return QuantLSTM(hidden[-1], return_sequences=False, name="lstm",
-                     **q("lstm", kernel="kernel", bias="bias", output="activation"))(x)
+                     **q("lstm", "kernel", "bias", "output"))(x)
