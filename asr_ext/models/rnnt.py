@@ -15,9 +15,9 @@ Recipe roles (:mod:`kws_quant.models.recipes`) map to the layers as in the KWS m
 output (LSTM outputs, ReLU/swish projections, the joint's tanh), ``gain``/``offset`` → the Conformer's
 batch-norms. LayerNorms, attention softmax and residual sums stay float.
 
-Layer names (for per-layer overrides): ``input_quant`` (after ``input_mask``); LSTM encoder ``enc_lstm_<i>`` (``stack_in``,
-``stack_<i>`` reductions); Conformer ``conv_sub_<i>``, ``conf_proj``, ``conf<b>_{ff1_in,ff1_out,att_q,att_k,att_v,
-att_out,conv_pw1,conv_dw,conv_bn,conv_act,conv_pw2,ff2_in,ff2_out}``; prediction network ``pred_embed``,
+Layer names (for per-layer overrides): ``input_quant`` (after ``input_mask``); LSTM encoder ``enc_lstm_<i>``
+(``stack_in``, ``stack_<i>`` reductions); Conformer ``conv_sub_<i>``, ``conf_proj``, ``conf<b>_{ff1_in,ff1_out,att_q,
+att_k,att_v,att_out,conv_pw1,conv_dw,conv_bn,conv_act,conv_pw2,ff2_in,ff2_out}``; prediction network ``pred_embed``,
 ``pred_lstm_<i>``; joint ``joint_enc``, ``joint_pred``, ``joint_act``, ``joint_out``.
 """
 from __future__ import annotations

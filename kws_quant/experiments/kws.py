@@ -90,10 +90,11 @@ def compile_model(model, learning_rate: float, decay_steps: int, jit_compile: bo
                   ema_momentum: float = 0.0) -> None:
     """Adam with cosine decay; ``ema_momentum`` > 0 keeps an exponential moving average of the trainable weights
     (Keras' ``use_ema``: the average is what ``fit`` leaves in the model, what validation sees through
-    :func:`ema_callbacks`, and what a resumed run restores with the optimizer's state). XLA fuses the quantizers' elementwise chains: a QAT step then costs what a float
-    step costs (docs/bench_qat_step.md); Keras leaves XLA off on CPU by default. XLA is left off when the current
-    strategy spans several replicas: a compiled step cannot reach variables on another logical CPU, and TensorFlow has
-    no XLA collectives on CPU devices for multi-worker training."""
+    :func:`ema_callbacks`, and what a resumed run restores with the optimizer's state). XLA fuses the quantizers'
+    elementwise chains: a QAT step then costs what a float step costs (docs/bench_qat_step.md); Keras leaves XLA off
+    on CPU by default. XLA is left off when the current strategy spans several replicas: a compiled step cannot reach
+    variables on another logical CPU, and TensorFlow has no XLA collectives on CPU devices for multi-worker
+    training."""
     jit_compile = jit_compile and tf.distribute.get_strategy().num_replicas_in_sync == 1
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(decay_steps, 1), alpha=0.05)
     optimizer = keras.optimizers.Adam(schedule, use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99)
