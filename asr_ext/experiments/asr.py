@@ -24,10 +24,9 @@ from asr_ext.experiments import methods
 from asr_ext.models import RNNTConfig, WarmupCosine
 from asr_ext.rnnt_loss import RNNTLoss
 from asr_ext.text import CharVocabulary
-from kws_quant import qat
 from kws_quant.distributed import make_strategy, remove_worker_workdir, role_of, worker_workdir
 from kws_quant.features import FeatureConfig, feature_config_defaults
-from kws_quant.experiments.training import RunDir, check_training_config, resumable_fit
+from kws_quant.experiments.training import PhasePlan, RunDir, check_training_config, run_phase
 
 FLOAT_PHASE = "float"
 SOURCES = ("synthetic", "fsdd", "librispeech", "sphinx")
@@ -241,14 +240,9 @@ def evaluate(model, data: ASRData, cfg: dict, phase_dir: str | None = None) -> d
 
 def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: ASRData, strategy, init=None,
                 verbose: int = 1) -> keras.Model:
-    """Train (or resume, or reuse) one phase; record its metrics; return the trained model."""
-    if run.is_complete(phase):
-        model = keras.saving.load_model(run.model_path(phase))
-        if "test_wer" not in run.load_metrics().get(phase, {}):  # e.g. a float phase copied from another run
-            run.update_metrics(phase, {"recipe": recipe, "encoder": data.model_config.encoder,
-                                       "parameters": model.count_params(), **methods.weight_report(model),
-                                       **evaluate(model, data, cfg, run.phase(phase))})
-        return model
+    """Train (or resume, or reuse) one phase (:func:`kws_quant.experiments.training.run_phase`, the loop the KWS
+    runner uses too); record its metrics; return the trained model. ``recipe``: ``"float"``, a recipe preset or a
+    method name (:mod:`asr_ext.experiments.methods`); ``init``: the float model a QAT phase starts from."""
     t = cfg["train"]
     is_float = recipe == "float"
     if is_float:  # float_<encoder> phases (another encoder's float model) may have their own length
@@ -257,25 +251,23 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: ASRData, strat
     else:
         stages, key = methods.stage_epochs(recipe, cfg)
     epochs = sum(stages)
-    if epochs < 1:
+    if epochs < 1 and not run.is_complete(phase):
         raise ValueError(f"phase {phase!r} has {epochs} epochs; set config.{key} to at least 1")
-    with strategy.scope():
+
+    def build():
         setup = methods.build(recipe, cfg, data, init, epochs, run.phase(phase))
-        model = setup.model
-        compile_model(model, t["learning_rate"] if is_float else t["qat_learning_rate"],
+        compile_model(setup.model, t["learning_rate"] if is_float else t["qat_learning_rate"],
                       int(t["warmup_epochs"] * data.steps_per_epoch) if is_float else 0,
                       epochs * data.steps_per_epoch, t["clipnorm"])
-    callbacks = setup.callbacks if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=stages[0],
-                                                                  verbose=verbose > 0), *setup.callbacks]
-    print(f"\n== phase {phase}: recipe {recipe!r}, {model.count_params():,} parameters, {epochs} epochs ==")
-    result = resumable_fit(model, run, phase, data.train, epochs, validation_data=data.validation,
-                           callbacks=callbacks, verbose=verbose)
-    run.update_metrics(phase, {"recipe": recipe, "encoder": data.model_config.encoder,
-                               "parameters": model.count_params(), "epochs": epochs, **setup.info,
-                               "history": result["history"], "train_seconds_last_session": result["train_seconds"],
-                               "stage": qat.get_stage(model), **methods.weight_report(model),
-                               **evaluate(model, data, cfg, run.phase(phase))})
-    return model
+        return setup.model, setup.callbacks, setup.info
+
+    def facts(model):
+        return {"recipe": recipe, "encoder": data.model_config.encoder, "parameters": model.count_params(),
+                **methods.weight_report(model)}
+
+    plan = PhasePlan(phase, stages, not is_float, build, lambda model: evaluate(model, data, cfg, run.phase(phase)),
+                     "test_wer", facts=facts, recipe=recipe)
+    return run_phase(run, plan, strategy, data.train, data.validation, verbose)
 
 
 def run(cfg: dict, workdir: str, strategy="default", verbose: int = 1) -> dict:

@@ -16,8 +16,8 @@ from kws_quant.distributed import make_strategy, remove_worker_workdir, role_of,
 from kws_quant.features import FeatureConfig
 from kws_quant.models import KWSModelConfig, build_kws_model
 from kws_quant.data.from_config import SOURCES, hold_out_validation, load_manifest, oversample  # noqa: F401
-from kws_quant.experiments.training import (RunDir, check_training_config, ptq_phase_name, resumable_fit,  # noqa: F401
-                                transfer_weights, write_json)
+from kws_quant.experiments.training import (PhasePlan, RunDir, check_training_config, ptq_phase_name,  # noqa: F401
+                                            resumable_fit, run_phase, transfer_weights, write_json)
 
 FLOAT_PHASE = "float"
 
@@ -90,21 +90,16 @@ def compile_model(model, learning_rate: float, decay_steps: int, jit_compile: bo
                   ema_momentum: float = 0.0) -> None:
     """Adam with cosine decay; ``ema_momentum`` > 0 keeps an exponential moving average of the trainable weights
     (Keras' ``use_ema``: the average is what ``fit`` leaves in the model, what validation sees through
-    :func:`ema_callbacks`, and what a resumed run restores with the optimizer's state). XLA fuses the quantizers'
-    elementwise chains: a QAT step then costs what a float step costs (docs/bench_qat_step.md); Keras leaves XLA off
-    on CPU by default. XLA is left off when the current strategy spans several replicas: a compiled step cannot reach
-    variables on another logical CPU, and TensorFlow has no XLA collectives on CPU devices for multi-worker
-    training."""
+    :func:`kws_quant.experiments.training.ema_callbacks`, and what a resumed run restores with the optimizer's
+    state). XLA fuses the quantizers' elementwise chains: a QAT step then costs what a float step costs
+    (docs/bench_qat_step.md); Keras leaves XLA off on CPU by default. XLA is left off when the current strategy
+    spans several replicas: a compiled step cannot reach variables on another logical CPU, and TensorFlow has no XLA
+    collectives on CPU devices for multi-worker training."""
     jit_compile = jit_compile and tf.distribute.get_strategy().num_replicas_in_sync == 1
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(decay_steps, 1), alpha=0.05)
     optimizer = keras.optimizers.Adam(schedule, use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile)
-
-
-def ema_callbacks(model) -> list:
-    """Validate on the weights' moving average when the optimizer keeps one (:func:`compile_model`)."""
-    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=False)] if model.optimizer.use_ema else []
 
 
 def evaluate(model, data: KWSData) -> dict:
@@ -127,31 +122,27 @@ def evaluate(model, data: KWSData) -> dict:
 
 def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: KWSData, strategy, init=None,
                 verbose: int = 1) -> keras.Model:
-    """Train (or resume, or reuse) one phase; record its metrics; return the trained model."""
-    if run.is_complete(phase):
-        model = keras.saving.load_model(run.model_path(phase))
-        if "test_accuracy" not in run.load_metrics().get(phase, {}):
-            run.update_metrics(phase, evaluate(model, data))
-        return model
+    """Train (or resume, or reuse) one phase (:func:`kws_quant.experiments.training.run_phase`); record its
+    metrics; return the trained model. ``init``: a model whose weights start this one (float → QAT)."""
     t = cfg["train"]
     is_float = phase == FLOAT_PHASE
-    epochs = t["float_epochs"] if is_float else t["stage1_epochs"] + t["stage2_epochs"]
-    with strategy.scope():
+    stages = (t["float_epochs"], 0) if is_float else (t["stage1_epochs"], t["stage2_epochs"])
+
+    def build():
         model = build_model(cfg, data, recipe)
         compile_model(model, t["learning_rate"] if is_float else t["qat_learning_rate"],
-                      epochs * data.steps_per_epoch, t["jit_compile"], t.get("ema_momentum", 0.0))
-    write_json(os.path.join(run.phase(phase), "labels.json"), data.label_names)  # the report checks label sets
-    if init is not None:
-        transfer_weights(init, model)
-    callbacks = ema_callbacks(model) + ([] if is_float else [qat.TwoStageQAT(stage1_at=0, stage2_at=t["stage1_epochs"],
-                                                                             verbose=verbose > 0)])
-    print(f"\n== phase {phase}: recipe {recipe!r}, {model.count_params():,} parameters, {epochs} epochs ==")
-    result = resumable_fit(model, run, phase, data.train, epochs, validation_data=data.validation,
-                           callbacks=callbacks, verbose=verbose)
-    run.update_metrics(phase, {"recipe": recipe, "parameters": model.count_params(), "epochs": epochs,
-                               "history": result["history"], "train_seconds_last_session": result["train_seconds"],
-                               "stage": qat.get_stage(model), **evaluate(model, data)})
-    return model
+                      sum(stages) * data.steps_per_epoch, t["jit_compile"], t.get("ema_momentum", 0.0))
+        return model, [], {}
+
+    def prepare(model):
+        write_json(os.path.join(run.phase(phase), "labels.json"), data.label_names)  # the report checks label sets
+        if init is not None:
+            transfer_weights(init, model)
+
+    plan = PhasePlan(phase, stages, not is_float, build, lambda model: evaluate(model, data), "test_accuracy",
+                     facts=lambda model: {"recipe": recipe, "parameters": model.count_params()}, prepare=prepare,
+                     recipe=recipe)
+    return run_phase(run, plan, strategy, data.train, data.validation, verbose)
 
 
 def ptq_phase(run: RunDir, recipe, cfg: dict, data: KWSData, strategy, float_model) -> keras.Model:

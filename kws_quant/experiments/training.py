@@ -14,6 +14,7 @@ interrupted one from its last completed epoch.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kws_quant import qat
 from kws_quant.distributed import agree_on_backup, make_strategy  # noqa: F401 (make_strategy: re-exported)
 from kws_quant.layers import copy_weights
 from kws_quant.run_files import (CheckedBackupAndRestore, check_keras_file, merged,  # noqa: F401 (re-exported)
@@ -198,6 +200,69 @@ def resumable_fit(model: keras.Model, run: RunDir, phase: str, train_ds, epochs:
     save_model_atomically(model, run.model_path(phase))
     shutil.rmtree(os.path.join(d, "backup"), ignore_errors=True)
     return {"history": read_history(csv_path), "train_seconds": seconds}
+
+
+@dataclasses.dataclass
+class PhasePlan:
+    """What :func:`run_phase` needs to train one phase of a KWS or ASR run.
+
+    Attributes:
+        name: the phase's folder and metrics key.
+        stages: ``(stage-1 epochs, stage-2 epochs)`` of the two-stage QAT schedule (METHODS §3); a float phase has
+            ``(epochs, 0)`` and ``quantized=False``.
+        quantized: whether the model is a QAT model (the schedule's callback then switches its stages).
+        build: ``() -> (compiled model, callbacks, info)``, called under the strategy's scope; ``info`` is recorded in
+            the metrics (e.g. a method's settings; ``facts`` win a shared key).
+        evaluate: ``model -> metrics`` on the held-out splits.
+        evaluated_key: a metric ``evaluate`` records; a reused phase without it is evaluated again.
+        facts: ``model -> metrics`` recorded with every evaluation (recipe, parameters, weight bits).
+        prepare: ``model -> None`` after the build, outside the scope (e.g. copy the float weights in).
+        recipe: shown in the phase's header line.
+    """
+
+    name: str
+    stages: tuple
+    quantized: bool
+    build: object
+    evaluate: object
+    evaluated_key: str
+    facts: object = None
+    prepare: object = None
+    recipe: object = None
+
+
+def run_phase(run: RunDir, plan: PhasePlan, strategy, train_ds, validation_ds=None, verbose: int = 1) -> keras.Model:
+    """The one phase loop of the KWS and ASR runners: train (or resume, or reuse) a phase, record its metrics
+    (``facts``, epochs, ``info``, per-epoch history, training time, QAT stage, evaluation) and return the model.
+
+    A phase with ``<phase>/model.keras`` is loaded, not trained (evaluated again if its metrics lack
+    ``evaluated_key``); an interrupted one resumes from its last completed epoch (:func:`resumable_fit`)."""
+    facts = plan.facts or (lambda model: {})
+    if run.is_complete(plan.name):
+        model = keras.saving.load_model(run.model_path(plan.name))
+        if plan.evaluated_key not in run.load_metrics().get(plan.name, {}):
+            run.update_metrics(plan.name, {**facts(model), **plan.evaluate(model)})
+        return model
+    with strategy.scope():
+        model, callbacks, info = plan.build()
+    if plan.prepare is not None:
+        plan.prepare(model)
+    epochs = sum(plan.stages)
+    callbacks = [*ema_callbacks(model), *([qat.TwoStageQAT(stage1_at=0, stage2_at=plan.stages[0],
+                                                           verbose=verbose > 0)] if plan.quantized else []),
+                 *callbacks]
+    print(f"\n== phase {plan.name}: recipe {plan.recipe!r}, {model.count_params():,} parameters, {epochs} epochs ==")
+    result = resumable_fit(model, run, plan.name, train_ds, epochs, validation_data=validation_ds,
+                           callbacks=callbacks, verbose=verbose)
+    run.update_metrics(plan.name, {"epochs": epochs, **info, **facts(model), "history": result["history"],
+                                   "train_seconds_last_session": result["train_seconds"],
+                                   "stage": qat.get_stage(model), **plan.evaluate(model)})
+    return model
+
+
+def ema_callbacks(model) -> list:
+    """Validate on the weights' moving average when the optimizer keeps one (Keras' ``use_ema``)."""
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=False)] if getattr(model.optimizer, "use_ema", False) else []
 
 
 def read_history(csv_path: str) -> dict:
