@@ -150,6 +150,7 @@ def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
     ({"train": {"qat_learning_rate": -1.0}}, "config.train.qat_learning_rate=-1.0 must be a finite number > 0"),
     ({"train": {"float_epochs": -2}}, "config.train.float_epochs=-2 must be an integer >= 0"),
     ({"data": {"feature_cache": "ram"}}, "config.data.feature_cache='ram' is not one of ['auto', 'memory', 'disk'"),
+    ({"train": {"ema_momentum": 1.0}}, "config.train.ema_momentum=1.0 must be a number in [0, 1)"),
 ])
 def test_bad_config_values_are_refused_before_training(tmp_path, override, message):
     import re
@@ -318,3 +319,43 @@ def test_quick_start_scripts_pass_flags_through(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == flags
+
+
+def test_weight_average_is_what_the_phase_validates_and_keeps(tmp_path):
+    """``config.train.ema_momentum``: the saved model holds the moving average of the weights after every step
+    (recomputed here from the raw weights), not the last step's weights, and validation reads the average."""
+    import keras
+    import tensorflow as tf
+
+    from kws_quant.experiments.kws import compile_model
+    from kws_quant.experiments.training import PhasePlan, RunDir, run_phase
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 5)).astype("float32"), rng.integers(0, 3, 64)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    raw, momentum = [], 0.5
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([w.numpy() for w in self.model.trainable_weights])
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+        compile_model(model, 0.05, 12, jit_compile=False, ema_momentum=momentum)
+        return model, [Record()], {}
+
+    plan = PhasePlan("float", (3, 0), False, build, lambda m: {"test_loss": float(m.evaluate(x, y, verbose=0)[0])},
+                     "test_loss")
+    run_dir = RunDir(str(tmp_path / "run"))
+    model = run_phase(run_dir, plan, tf.distribute.get_strategy(), train, train, verbose=0)
+    average = raw[0]  # Keras starts the average at the first step's weights
+    for step in raw[1:]:
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, step)]
+    saved = keras.saving.load_model(run_dir.model_path("float")).get_weights()
+    for kept, avg, last in zip(saved, average, raw[-1]):
+        np.testing.assert_allclose(kept, avg, rtol=1e-5, atol=1e-6)
+        assert np.abs(kept - last).max() > 1e-3
+    metrics = run_dir.load_metrics()["float"]
+    np.testing.assert_allclose(metrics["history"]["val_loss"][-1], metrics["test_loss"], rtol=1e-5)
+    assert len(raw) == 3 * 4 and model.count_params() == 18
