@@ -39,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 from kws_quant import qat  # noqa: E402
 from kws_quant.models import KWSModelConfig, build_kws_model  # noqa: E402
-from kws_quant.models.recipes import PRESETS  # noqa: E402
+from kws_quant.models.recipes import RECIPE_PRESETS  # noqa: E402
 
 
 def make(recipe, stage=None, jit=False):
@@ -59,7 +59,7 @@ BREAKDOWN = {"kernel": ("kernel",), "input": ("input",), "activation": ("output"
 
 def only(roles, **overrides):
     """The tanh4 recipe with every role outside ``roles`` float (``overrides``: other specs for kept roles)."""
-    full = PRESETS["tanh4"]()
+    full = RECIPE_PRESETS["tanh4"]()
     return {**{role: (spec if role in roles else None) for role, spec in full.items() if role != "layers"},
             **overrides, "layers": {}}
 

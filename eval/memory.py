@@ -20,11 +20,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from kws_quant.export.storage_plan import (FLOAT_BITS, PRESETS, MemoryPreset, get_preset, model_input_bits,
-                                           plan_model, segment_nbytes)
+from kws_quant.export.storage_plan import (FLOAT_BITS, MEMORY_PRESETS, PRESETS, MemoryPreset, get_preset,
+                                           model_input_bits, plan_model, segment_nbytes)
 from kws_quant.layers import quant_layers
 
-__all__ = ["MemoryPreset", "PRESETS", "project_memory", "streaming_state_bytes", "summary_table", "to_markdown"]
+__all__ = ["MEMORY_PRESETS", "MemoryPreset", "PRESETS", "project_memory", "streaming_state_bytes", "summary_table",
+           "to_markdown"]
 
 COLUMNS = ["layer", "type", "params", "model_bits", "weight_bits", "weight_bytes", "bias_bytes", "gain_bytes",
            "scale_bytes", "param_bytes", "activation_bytes", "float32_bytes", "int8_bytes", "vs_float32", "vs_int8",

@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pandas as pd
 
-PRESETS = (("arm-neon", None), ("arm-neon", True), ("nna-5bit", None), ("nna-1bit", None))
+# the report's memory rows: (kws_quant.export.storage_plan.MEMORY_PRESETS name, packed)
+MEMORY_ROWS = (("arm-neon", None), ("arm-neon", True), ("nna-5bit", None), ("nna-1bit", None))
 
 
 def default_thresholds() -> np.ndarray:
@@ -117,7 +118,7 @@ def evaluate_model(name, model, streams, features, label_names, keyword_labels, 
                             "threshold": op["threshold"], **latency_summary(found)})
     with warnings.catch_warnings():  # the float reference is expected to have no quantizers
         warnings.filterwarnings("ignore", message="project_memory: the model has no quantized layers")
-        memory = pd.DataFrame([memory_row(name, model, p, packed) for p, packed in PRESETS
+        memory = pd.DataFrame([memory_row(name, model, p, packed) for p, packed in MEMORY_ROWS
                                if runner is None])  # an export's memory is its Keras model's row
     return ModelResult(name, curves, pd.DataFrame(rows), memory, scan, pd.DataFrame(latency),
                        getattr(scorer.runner, "mode", "window"))

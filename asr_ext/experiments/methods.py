@@ -42,7 +42,7 @@ from asr_ext.quant import (NO_FLOAT_MODEL, GeneralQuantizer, HardCompressor, Llo
 from eval.memory import project_memory
 from kws_quant.export.packing import pack
 from kws_quant.layers import quant_layers
-from kws_quant.models.recipes import PRESETS
+from kws_quant.models.recipes import RECIPE_PRESETS
 from kws_quant.quantizers.base import check_bits
 from kws_quant.experiments.training import transfer_weights
 
@@ -67,7 +67,7 @@ OPTIONS = {
 }
 """Per-method settings, ``config.qat.<method>.<key>`` (defaults; the configs may override them)."""
 
-_REST8 = {role: spec for role, spec in PRESETS["linear8"]().items() if role != "kernel"}
+_REST8 = {role: spec for role, spec in RECIPE_PRESETS["linear8"]().items() if role != "kernel"}
 _PATTERNS = (("s8bqat", r"s8bqat(\d+)"), ("gq_mixed", r"gq_mixed(\d)(\d)"), ("gq", r"gq(\d+)"),
              ("native", r"native(\d+)_conformer"), ("nna", r"nna(\d+)"))
 
@@ -97,7 +97,7 @@ def parse(name: str) -> Method:
     """Validate a method name (see the module docstring); raises ``ValueError`` naming the problem."""
     if not isinstance(name, str):
         raise ValueError(f"method {name!r} is not a name (str)")
-    if name in PRESETS and name != "float":
+    if name in RECIPE_PRESETS and name != "float":
         return Method(name, "recipe")
     for kind, pattern in _PATTERNS:
         m = re.fullmatch(pattern, name)
@@ -109,7 +109,7 @@ def parse(name: str) -> Method:
             if kind == "nna":
                 check_bits(f"method {name!r}", bits[0], 8, 8, "the NNA emulation is int8")
             return Method(name, kind, bits, "conformer" if kind == "native" else None)
-    presets = ", ".join(p for p in PRESETS if p != "float")
+    presets = ", ".join(p for p in RECIPE_PRESETS if p != "float")
     raise ValueError(f"unknown method {name!r}; methods: {presets} (recipe presets), s8bqat<b>, gq<b>, "
                      "gq_mixed<lo><hi>, native<b>_conformer, nna8 (b: bits 1..8)")
 

@@ -13,8 +13,8 @@ import os
 import keras
 import numpy as np
 
-from kws_quant.export.storage_plan import (FLOAT_BITS, PRESETS, WORD_BITS, LayerPlan, MemoryPreset,  # noqa: F401
-                                           StoredTensor, get_preset, model_input_bits, plan_model, segment_nbytes)
+from kws_quant.export.storage_plan import (FLOAT_BITS, MEMORY_PRESETS, PRESETS, WORD_BITS,  # noqa: F401
+                                           LayerPlan, MemoryPreset, StoredTensor, get_preset, model_input_bits, plan_model, segment_nbytes)
 from kws_quant.quantizers import CodebookCodes, IntegerCodes
 
 FORMAT = "kws-quant-packed/1"

@@ -105,7 +105,7 @@ class MemoryPreset:
         return width if self.packed else next(c for c in (8, 16, 32) if c >= width)
 
 
-PRESETS = {
+MEMORY_PRESETS = {
     "arm-neon": MemoryPreset("arm-neon", packed=False),
     "nna-1bit": MemoryPreset("nna-1bit", kernel_bits=(1, 8), bias_bits=32),
     "nna-5bit": MemoryPreset("nna-5bit", kernel_bits=(5, 8), bias_bits=32),
@@ -114,13 +114,15 @@ PRESETS = {
 ``nna-1bit``/``nna-5bit``: kernels bit-packed at 1 or 5 bits (8 for the 8-bit first/last layers), biases and
 batch-norm offsets in int32 accumulator words."""
 
+PRESETS = MEMORY_PRESETS  # the name before MEMORY_PRESETS, kept for old imports
+
 
 def get_preset(preset="arm-neon", word_bits: int | None = None, packed: bool | None = None) -> MemoryPreset:
     """A preset name, :class:`MemoryPreset` or dict of its fields → a validated preset, with optional overrides."""
     if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown memory preset {preset!r}; presets: {', '.join(PRESETS)}")
-        preset = PRESETS[preset]
+        if preset not in MEMORY_PRESETS:
+            raise ValueError(f"unknown memory preset {preset!r}; presets: {', '.join(MEMORY_PRESETS)}")
+        preset = MEMORY_PRESETS[preset]
     elif isinstance(preset, dict):
         fields = {f.name for f in dataclasses.fields(MemoryPreset)}
         unknown = sorted(set(preset) - fields)
@@ -128,7 +130,7 @@ def get_preset(preset="arm-neon", word_bits: int | None = None, packed: bool | N
             raise ValueError(f"memory preset has unknown field(s) {unknown}; fields: {', '.join(sorted(fields))}")
         preset = MemoryPreset(**preset)
     elif not isinstance(preset, MemoryPreset):
-        raise ValueError(f"cannot interpret {preset!r} as a memory preset; expected one of {', '.join(PRESETS)}, "
+        raise ValueError(f"cannot interpret {preset!r} as a memory preset; expected one of {', '.join(MEMORY_PRESETS)}, "
                          "a MemoryPreset or a dict of its fields")
     overrides = {k: v for k, v in (("word_bits", word_bits), ("packed", packed)) if v is not None}
     return dataclasses.replace(preset, **overrides) if overrides else preset

@@ -51,7 +51,7 @@ def tanh_recipe(bits: int, edge_bits: int | None = None) -> dict:
 _LINEAR8_REST = {"bias": "linear(bits=8)", "input": "linear(bits=8)", "output": "linear(bits=8)",
                  "gain": "linear(bits=8)", "offset": "linear(bits=8)"}
 
-PRESETS = {
+RECIPE_PRESETS = {
     "float": lambda: {},
     "tanh8": lambda: tanh_recipe(8),
     "tanh5": lambda: tanh_recipe(5),
@@ -61,14 +61,16 @@ PRESETS = {
     "linear8": lambda: dict(_LINEAR8_REST, kernel="linear(bits=8, per_channel=True)"),
 }
 
+PRESETS = RECIPE_PRESETS  # the name before RECIPE_PRESETS (kws_quant.models.PRESETS), kept for old imports
+
 
 def get_recipe(recipe) -> dict:
     """A preset name (``"float"``, ``"tanh4"``, …) or a recipe dict → a validated recipe dict in the layers' role
     names (old names translated, see the module docstring)."""
     if isinstance(recipe, str):
-        if recipe not in PRESETS:
-            raise ValueError(f"unknown quantization recipe {recipe!r}; presets: {', '.join(PRESETS)}")
-        return PRESETS[recipe]()
+        if recipe not in RECIPE_PRESETS:
+            raise ValueError(f"unknown quantization recipe {recipe!r}; presets: {', '.join(RECIPE_PRESETS)}")
+        return RECIPE_PRESETS[recipe]()
     recipe = _translated(dict(recipe or {}), "recipe")
     unknown = set(recipe) - set(RECIPE_ROLES) - {"layers"}
     if unknown:

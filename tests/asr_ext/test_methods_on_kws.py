@@ -7,11 +7,11 @@ import pytest
 from asr_ext import quant as aq
 from kws_quant import qat
 from kws_quant.models import KWSModelConfig, build_kws_model
-from kws_quant.models.recipes import PRESETS
+from kws_quant.models.recipes import RECIPE_PRESETS
 from kws_quant.experiments.training import transfer_weights
 
 CFG = KWSModelConfig(window_frames=8, n_mels=6, pool=2, hidden=(16, 12), dropout=0.0)
-REST8 = {role: spec for role, spec in PRESETS["linear8"]().items() if role != "kernel"}
+REST8 = {role: spec for role, spec in RECIPE_PRESETS["linear8"]().items() if role != "kernel"}
 
 
 def _data(n=96, seed=0):
