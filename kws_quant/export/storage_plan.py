@@ -322,13 +322,21 @@ def _front_end_names(model, consumers) -> set:
     return names
 
 
+def is_per_frame(layer) -> bool:
+    """Whether a deployment can run ``layer`` in its float front end, frame by frame, before frames enter the
+    window buffer: a batch-norm with no input/output quantizer (per-frame normalisation, CMVN) or a 'valid'
+    channels-last ``AveragePooling1D`` whose stride is its size (a running sum of ``pool_size`` frames). The one
+    definition that the memory plan and the LiteRT exporter's split front end
+    (:func:`kws_quant.export.tflite.reader.split_front_end`) share."""
+    if isinstance(layer, (QuantBatchNormalization, keras.layers.BatchNormalization)):
+        return not (isinstance(layer, QuantLayer) and ({"input", "output"} & set(layer.quantizers)))
+    return (isinstance(layer, keras.layers.AveragePooling1D) and layer.padding == "valid"
+            and layer.data_format == "channels_last" and tuple(layer.strides) == tuple(layer.pool_size))
+
+
 def _is_front_end(layer, consumers) -> bool:
-    """A per-frame layer whose output reaches a quantizer through per-frame layers only, which a deployment runs in
-    the front end, frame by frame, before frames enter the window buffer: a batch-norm without output quantizer
-    (per-frame normalisation, CMVN) or an average pooling over time (a running sum of ``pool_size`` frames)."""
-    per_frame = ((isinstance(layer, QuantBatchNormalization) and "output" not in layer.quantizers)
-                 or isinstance(layer, keras.layers.AveragePooling1D))
-    return per_frame and _reader_bits(consumers.get(id(layer.output), []), consumers) != FLOAT_BITS
+    """A per-frame layer (:func:`is_per_frame`) whose output reaches a quantizer through per-frame layers only."""
+    return is_per_frame(layer) and _reader_bits(consumers.get(id(layer.output), []), consumers) != FLOAT_BITS
 
 
 def _output_bits(layer, input_bits) -> int:

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from kws_quant.export.front_end import FrontEnd
+from kws_quant.export.storage_plan import is_per_frame
 from kws_quant.export.tflite.ir import (ActivationOp, BatchNormOp, FakeQuantOp, LinearOp, ShapeOp,
                                         UnsupportedModelError)
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense,
@@ -222,21 +223,19 @@ def read_ops(layers: list, quantize: bool, stage: int) -> list:
 
 
 def split_front_end(model, layers: list, stage: int):
-    """``(FrontEnd, remaining layers)``: the leading per-frame layers of the chain (per-channel batch-norms with no
-    input/output quantizer, 'valid' AveragePooling1D with strides = pool size) become front-end steps."""
+    """``(FrontEnd, remaining layers)``: the leading per-frame layers of the chain
+    (:func:`kws_quant.export.storage_plan.is_per_frame`) become front-end steps."""
     steps, i = [], 0
     while i < len(layers):
         layer = layers[i]
-        if isinstance(layer, (QuantBatchNormalization, keras.layers.BatchNormalization)) and not (
-                isinstance(layer, QuantLayer) and ({"input", "output"} & set(layer.quantizers))):
+        if not is_per_frame(layer):
+            break
+        if isinstance(layer, keras.layers.AveragePooling1D):
+            steps.append({"op": "average_pool", "layer": layer.name, "size": int(layer.pool_size[0])})
+        else:
             bn = _bn_op(layer, stage)
             steps.append({"op": "affine", "layer": layer.name, "gain": bn.gain.astype(np.float32).tolist(),
                           "offset": bn.offset.astype(np.float32).tolist()})
-        elif (isinstance(layer, keras.layers.AveragePooling1D) and layer.padding == "valid"
-              and layer.data_format == "channels_last" and tuple(layer.strides) == tuple(layer.pool_size)):
-            steps.append({"op": "average_pool", "layer": layer.name, "size": int(layer.pool_size[0])})
-        else:
-            break
         i += 1
     out_shape = tuple(layers[i - 1].output.shape[1:]) if i else tuple(model.inputs[0].shape[1:])
     return FrontEnd(steps, tuple(model.inputs[0].shape[1:]), out_shape), layers[i:]
