@@ -51,6 +51,10 @@ def small_dataset(tmp_path):
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a model or runs a command for over ~10 s (-m 'not slow': the "
+                            "quick part of the suite, a few minutes)")
+    config.addinivalue_line("markers", "subprocess: runs a command in a fresh Python process (the command line as a "
+                            "user types it, a kill and resume, a fresh-process reload)")
     config.addinivalue_line(
         "markers", "litert_bitexact: compares our integer arithmetic with LiteRT's integer kernels bit for bit (both "
         "sides integer; holds for LiteRT's reference and optimized CPU kernels on x86-64; deselect with "

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = sorted(n for n in os.listdir(os.path.join(ROOT, "benchmarks")) if n.startswith("bench_"))
 

@@ -57,6 +57,7 @@ def result(tmp_path_factory):
     return types.SimpleNamespace(dir=tmp / "run", metrics=metrics)
 
 
+@pytest.mark.slow
 def test_every_method_trains_and_records_wer_bits_memory(result):
     m = result.metrics
     assert set(m) == {"data", "float", "float_conformer", *METHODS}
@@ -101,6 +102,7 @@ def test_s8bqat_compresses_to_codebooks_and_exports_indices(result):
                                                                                 .recurrent_kernel))
 
 
+@pytest.mark.slow
 def test_method_phase_resumes_after_a_kill(result, tmp_path):
     """s8bqat5 over two epochs (stage 1, stage 2), killed at the start of the second, then run again."""
     shutil.copytree(result.dir / "float", tmp_path / "run" / "float")  # the trained float phase: skipped

@@ -27,6 +27,8 @@ def tiny_args(tmp_path, *extra):
             "--config.decode.beam_utterances=2", *extra]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_tiny_synthetic_run_float_and_qat(tmp_path):
     out = run(tiny_args(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -46,12 +48,16 @@ def test_tiny_synthetic_run_float_and_qat(tmp_path):
     assert "ran out of data" not in out.stderr + out.stdout  # every epoch's length is known in advance
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_bucketed_run_sees_every_batch_without_a_data_warning(tmp_path):
     out = run(tiny_args(tmp_path, "--config.data.buckets=3", "--config.qat.recipes=()"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ran out of data" not in out.stderr + out.stdout
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_bad_input_gives_one_line_errors(tmp_path):
     folder = tmp_path / "libri" / "test-clean" / "1" / "2"
     folder.mkdir(parents=True)
@@ -87,6 +93,8 @@ def _libri(root, speakers, rate=8000, seconds=0.6):
         (folder / f"{s}-1.trans.txt").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_evaluate_a_finished_run_on_another_folder(tmp_path):
     """asr_ext.evaluate: a run's models decode every utterance of a user's folder (16 kHz audio resampled to the
     run's 8 kHz, and said); bad folders get one clear line."""

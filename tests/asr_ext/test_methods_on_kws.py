@@ -53,6 +53,7 @@ def nna(float_model):
     return aq.to_nna(_twin(float_model, "linear8"), "*"), []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [s8bqat, gq_mixed, native, nna], ids=lambda f: f.__name__)
 def test_method_trains_on_the_kws_model_and_round_trips(float_model, method, tmp_path):
     keras.utils.set_random_seed(1)

@@ -113,6 +113,7 @@ def test_all_keyword_split_draws_extra_audio_with_events(run_dir):
     assert sum(len(s.audio) for s in streams) / 16000 >= 0.01 * 3600
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("args, message", [
     (["--run_dir=/nonexistent/run"], "error: /nonexistent/run is not a kws_quant run directory: no config.json"),
     (["--thresholds=0.5,1.5"], "error: thresholds must lie in [0, 1]; got values outside it: [1.5]"),

@@ -119,6 +119,8 @@ def history(path) -> list[int]:
     return pd.read_csv(path)["epoch"].tolist()
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path, cache):
     """Two workers, global batch 16 (8 each), versus one process with the same global batch and seed, 5 steps: at
     least 95 % of each tensor's weights agree to 1e-4 and all to 5 learning-rate steps. (The all-reduce sums in
@@ -147,6 +149,8 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path, 
     assert abs(ma["test_accuracy"] - mb["test_accuracy"]) <= 1 / ma["test_clips"] + 1e-9
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_worker_restarted_resumes_without_losing_an_epoch(tmp_path, cache):
     """Worker 1 is killed once the chief has backed up epoch 2 of 4; the chief stops with a clear line (exit 75) if
     it notices within a minute (else it is killed, as a cluster manager restarting the job would); both are restarted

@@ -119,6 +119,7 @@ def test_checkpoint_restores_stage(tmp_path):
     np.testing.assert_array_equal(fresh.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+@pytest.mark.subprocess
 def test_save_load_in_fresh_process_gives_identical_predictions(tmp_path):
     model = small_model()
     model.compile("adam", "sparse_categorical_crossentropy")
@@ -234,6 +235,7 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 def test_mirrored_strategy_two_logical_cpus():
     out = subprocess.run([sys.executable, "-c", MIRRORED], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -171,6 +171,7 @@ def sc_run(tmp_path_factory):
     return work, proc
 
 
+@pytest.mark.slow
 def test_speech_commands_run_with_post_training_baseline_and_report(sc_run):
     work, proc = sc_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -210,6 +211,8 @@ def test_shared_folder_split_of_the_config():
     assert voices["validation"] >= 40 and voices["test"] >= 20
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_evaluate_a_finished_run_on_another_folder(sc_run, tmp_path):
     """eval.report --data_dir: the run's models scored on a user's folder (8 kHz audio, resampled and said so);
     bad folders get one clear line (on the command line once; the other cases in-process)."""

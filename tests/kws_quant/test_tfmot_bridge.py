@@ -10,6 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.subprocess  # the bridge runs in its own legacy-Keras process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if importlib.util.find_spec("tensorflow_model_optimization") is None or importlib.util.find_spec("tf_keras") is None:

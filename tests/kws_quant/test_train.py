@@ -54,6 +54,8 @@ runpy.run_module("kws_quant.train", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
     """Killed right after the backup of epoch 2 of 3 was written, then started again with the same command: it
     resumes at epoch 3 and the history has every epoch exactly once. Damaged run files in between: one error line
@@ -100,6 +102,8 @@ def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
         "it to train phase 'tanh4' again (from its first epoch)")
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     out = run(tiny_args(tmp_path, "--strategy=mirrored", "--cpu_devices=2", float_epochs=1))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -128,6 +132,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert "## Deployment exports" in (tmp_path / "run" / "report" / "report.md").read_text()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("args, message", [  # one case per way the command line reports bad input
     (["--config.train.float_epoch=3"], 'unknown config key in a --config.* override: \'float_epoch\' Did you mean '
                                         '"float_epochs"'),
@@ -166,6 +171,7 @@ def test_bad_config_values_are_refused_before_training(tmp_path, override, messa
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.subprocess
 def test_diverging_training_stops_with_the_phase_and_epoch_named(tmp_path):
     """A NaN loss ends the run with exit status 2 and one line naming phase, epoch and batch; nothing is reported,
     exported or saved as a finished phase."""
@@ -178,12 +184,14 @@ def test_diverging_training_stops_with_the_phase_and_epoch_named(tmp_path):
     assert not (tmp_path / "run" / "report").exists()
 
 
+@pytest.mark.subprocess
 def test_workdir_that_is_a_file_is_one_clear_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     out = run([sys.executable, "-m", "kws_quant.train", f"--workdir={tmp_path / 'afile'}"], timeout=120)
     assert out.returncode == 2 and "exists and is not a directory" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("module, flag", [
     *[(m, "--help") for m in ("asr_ext.train", "asr_ext.evaluate", "eval.report", "kws_quant.export")],
     ("kws_quant.train", "--helpshort"), ("kws_quant.train", "--helpfull")])
@@ -194,6 +202,8 @@ def test_help_prints_usage_and_exits_0(module, flag):
     assert not any(line.startswith("error:") for line in out.stderr.splitlines())
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_failed_start_does_not_block_the_corrected_rerun(tmp_path):
     """config.json is written only once the inputs were checked: a typo'd --data_dir, then the right one."""
     common = [sys.executable, "-m", "kws_quant.train", "--config=configs/kws_fsdd.py", f"--workdir={tmp_path / 'r'}",
@@ -280,6 +290,8 @@ def test_bad_audio_names_the_file_or_is_skipped(tmp_path, capsys, name, content,
     assert name in printed.out + printed.err
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_skip_bad_files_flag_on_the_command_line(tmp_path):
     """The CLI: a corrupt WAV stops the run with one line naming it; ``--skip_bad_files`` trains without it."""
     data = tmp_path / "digits"
@@ -307,6 +319,7 @@ def test_keyword_not_in_the_data_is_named(tmp_path):
         load_manifest(_fsdd_cfg(tmp_path, keywords=("zero", "eleven")))
 
 
+@pytest.mark.subprocess
 def test_quick_start_scripts_pass_flags_through(tmp_path):
     """``bash scripts/demo.sh --data_dir=...``: the sourced installer must leave the caller's flags alone."""
     import glob

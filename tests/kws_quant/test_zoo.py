@@ -93,6 +93,8 @@ def test_step_api_explicit_state_and_first_valid_step(arch):
         assert tuple(s.shape) == (1, *shape)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ZOO_ARCHS)
 def test_zoo_model_trains_through_two_stage_qat_and_reloads_in_a_fresh_process(arch, tmp_path):
     model = small_model(arch, "tanh4")
