@@ -59,3 +59,19 @@ def pytest_configure(config):
         "markers", "litert_bitexact: compares our integer arithmetic with LiteRT's integer kernels bit for bit (both "
         "sides integer; holds for LiteRT's reference and optimized CPU kernels on x86-64; deselect with "
         "-m 'not litert_bitexact' on a platform whose kernels round differently)")
+
+
+@pytest.fixture
+def reload_keras(tmp_path):
+    """``reload_keras(model, x) -> loaded``: save ``model`` as a ``.keras`` file under ``tmp_path``, load it back in
+    this process and check it computes the same outputs on ``x`` (the same code path on one machine: exact)."""
+    import keras
+
+    def reload(model, x, name="model.keras"):
+        path = tmp_path / name
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        np.testing.assert_array_equal(loaded(x, training=False).numpy(), model(x, training=False).numpy())
+        return loaded
+
+    return reload

@@ -163,7 +163,7 @@ def _data(n=96, seed=0):
     return x, (x[:, :, 0].mean(1) > 0).astype(np.int32) + (x[:, :, 1].mean(1) > 0.3).astype(np.int32)
 
 
-def test_fit_with_annealing_bits_map_and_save_load(tmp_path):
+def test_fit_with_annealing_bits_map_and_save_load(reload_keras):
     x, y = _data()
     float_model = _model()
     recipe = gq_recipe({"dense_in": 1, "*": 4}, float_model, mu_init=4.0)
@@ -190,10 +190,7 @@ def test_fit_with_annealing_bits_map_and_save_load(tmp_path):
     st_in = qat.get_layer("dense_in").quantizer_state("kernel")
     assert float(st_in["scale"].numpy()) > 2.0 * s_before["dense_in"]
 
-    path = tmp_path / "gq.keras"
-    qat.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(loaded(x, training=False).numpy(), qat(x, training=False).numpy())
+    loaded = reload_keras(qat, x, "gq.keras")
     for name in ("conv", "dense_in", "dense_out"):
         a, b = loaded.get_layer(name), qat.get_layer(name)
         assert a.quantizers == b.quantizers

@@ -185,7 +185,7 @@ def test_precision_map_errors():
         "conv": (4, 8), "dense_in": (8, 8), "dense_out": (4, 8)}
 
 
-def test_mixed_precision_model_fits_and_round_trips(tmp_path):
+def test_mixed_precision_model_fits_and_round_trips(reload_keras):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 10, 4)).astype(np.float32)
     y = (x[:, :, 0].mean(1) > 0).astype(np.int32) + (x[:, :, 1].mean(1) > 0.3).astype(np.int32)
@@ -203,10 +203,7 @@ def test_mixed_precision_model_fits_and_round_trips(tmp_path):
     got = dense_out.integer_accumulator(rng.standard_normal((3, 8)).astype(np.float32))
     np.testing.assert_array_equal(got["acc"], got["q_x"].astype(np.int64) @ got["q_w"].astype(np.int64))
 
-    path = tmp_path / "native.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(loaded(x, training=False).numpy(), model(x, training=False).numpy())
+    loaded = reload_keras(model, x, "native.keras")
     for name in ("conv", "dense_in", "dense_out"):
         a, b = loaded.get_layer(name), model.get_layer(name)
         assert type(a) is type(b) and a.get_config() == b.get_config()
