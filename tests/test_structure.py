@@ -65,3 +65,41 @@ def test_long_modules_say_why_at_the_top():
         if text.count("\n") > MAX_LINES and "Longer than 500 lines:" not in doc:
             bad.append(f"{os.path.relpath(path, ROOT)}: {text.count(chr(10))} lines")
     assert not bad, "\n".join(bad)
+
+
+def _marks(decorators) -> set:
+    """Names of ``pytest.mark.<name>`` in a list of decorator or ``pytestmark`` expressions."""
+    names = set()
+    for node in decorators:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Attribute) and sub.value.attr == "mark":
+                names.add(sub.attr)
+    return names
+
+
+def test_tests_that_start_a_process_carry_the_subprocess_mark():
+    """A test function that runs a command (``subprocess``, ``sys.executable``, directly or through a helper of its
+    module) is marked ``subprocess`` (itself or its module), so ``-m 'not subprocess'`` leaves out every one."""
+    unmarked = []
+    for folder, _, files in os.walk(os.path.join(ROOT, "tests")):
+        for name in files:
+            if not (name.startswith("test_") and name.endswith(".py")):
+                continue
+            path = os.path.join(folder, name)
+            tree = ast.parse(open(path, encoding="utf-8").read())
+            module_marks = _marks([n.value for n in tree.body if isinstance(n, ast.Assign)
+                                   and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)])
+            functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+
+            def spawns(fn):
+                return any(isinstance(n, ast.Attribute) and ((getattr(n.value, "id", "") == "subprocess")
+                                                               or (getattr(n.value, "id", "") == "sys"
+                                                                   and n.attr == "executable")) for n in ast.walk(fn))
+            helpers = {fn.name for fn in functions if not fn.name.startswith("test_") and spawns(fn)}
+            for fn in functions:
+                if not fn.name.startswith("test_"):
+                    continue
+                calls = {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+                if (spawns(fn) or calls & helpers) and "subprocess" not in module_marks | _marks(fn.decorator_list):
+                    unmarked.append(f"{os.path.relpath(path, ROOT)}::{fn.name}")
+    assert not unmarked, f"tests that start a process without @pytest.mark.subprocess: {unmarked}"
