@@ -19,6 +19,8 @@ A model with a frame-synchronous streaming form (the zoo's ``dscnn``, ``tcresnet
 
 - ``stream_int8.tflite`` + ``stream_int8.stream.json``: one 20-ms hop in, logits and int8 state tensors out;
 - ``window_int8.tflite``: the same ops over a whole window (what re-running the window costs);
+- ``stream_core.tflite`` + ``stream_core.front_end.json`` (``split_front_end=True``): the streaming model with
+  int8 frames in and no float op, its per-mel normalisation in the front end;
 - the packed payloads as above;
 
 and the checks stream every test window hop by hop from the zero state through the LiteRT file and the Keras
@@ -38,7 +40,8 @@ __all__ = ["export_for_deployment"]
 
 
 def export_for_deployment(model, out_dir: str, calibration, test_windows, test_labels=None, *, int4: bool = True,
-                          split_front_end: bool = True, pack_presets=("nna-5bit",), output_margin: float = 0.25) -> dict:
+                          split_front_end: bool = True, pack_presets=("nna-5bit",),
+                          output_margin: float = 0.25) -> dict:
     """Export ``model`` (a stage-2 QAT KWS model) into ``out_dir`` and check the int8 export on ``test_windows``.
 
     Args:
@@ -75,7 +78,7 @@ def _packed(model, out_dir, pack_presets) -> dict:
             for preset in pack_presets}
 
 
-def _export_stream(model, out_dir, calibration, x, test_labels, pack_presets, output_margin) -> dict:
+def _export_stream(model, out_dir, calibration, x, test_labels, split_front_end, pack_presets, output_margin) -> dict:
     from kws_quant.export.tflite.stream_export import check_streaming
 
     out = {"form": "streaming", "test_windows": int(len(x))}
@@ -97,8 +100,13 @@ def _export_stream(model, out_dir, calibration, x, test_labels, pack_presets, ou
         y = np.asarray(test_labels)
         out.update(keras_test_accuracy=float(np.mean(keras_logits.argmax(1) == y)),
                    int8_test_accuracy=float(np.mean(lite.argmax(1) == y)))
-    out.update(int4_bytes=None, core_bytes=None, core_within_one_step=None,
-               packed_bytes=_packed(model, out_dir, pack_presets))
+    out.update(int4_bytes=None, core_bytes=None, core_within_one_step=None)
+    if split_front_end:  # checked like the stream: float frames through its front end, then the int8 model
+        core = T.to_tflite_streaming(model, os.path.join(out_dir, "stream_core.tflite"), calibration,
+                                     output_margin=output_margin, split_front_end=True)
+        out.update(core_bytes=os.path.getsize(core),
+                   core_within_one_step=check_streaming(model, core, x)["within_one_step"])
+    out["packed_bytes"] = _packed(model, out_dir, pack_presets)
     return out
 
 
@@ -109,7 +117,7 @@ def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_
 
     if is_streamable(model):
         return _export_stream(model, out_dir, calibration, np.asarray(test_windows, np.float32), test_labels,
-                              pack_presets, output_margin)
+                              split_front_end, pack_presets, output_margin)
     x = np.asarray(test_windows, np.float32)
     keras_logits = np.concatenate([np.asarray(model(x[i:i + 512], training=False)) for i in range(0, len(x), 512)])
     out = {"test_windows": int(len(x))}

@@ -1,6 +1,7 @@
 """LiteRT int8 export of the zoo's streaming models (kws_quant.export.tflite.to_tflite_streaming): exact codes,
 agreement with the Keras StreamingModel step by step, the int8 state round trip, the window form, and errors."""
 import json
+import os
 
 import keras
 import numpy as np
@@ -173,7 +174,8 @@ def test_deployment_exports_the_streaming_form(exported, tmp_path):
     out = export_for_deployment(model, str(tmp_path), data(rng, 64)[0], x, y, pack_presets=("nna-5bit",))
     assert out["form"] == "streaming" and (tmp_path / "stream_int8.tflite").is_file()
     assert (tmp_path / "stream_int8.stream.json").is_file() and (tmp_path / "window_int8.tflite").is_file()
-    assert out["within_one_step"] >= 0.9 and out["window_within_one_step"] >= 0.9
+    assert (tmp_path / "stream_core.front_end.json").is_file() and out["core_bytes"] < out["int8_bytes"]
+    assert out["within_one_step"] >= 0.9 and out["window_within_one_step"] >= 0.9 and out["core_within_one_step"] >= 0.9
     assert out["int8_vs_float32"] > 1 and out["packed_bytes"]["nna-5bit"] > 0  # a tiny model: mostly metadata
     assert abs(out["int8_test_accuracy"] - out["keras_test_accuracy"]) <= 0.15
 
@@ -221,8 +223,40 @@ def test_export_cli_streaming(exported, tmp_path):
     path = run(["x", f"--model={model_path}", f"--out={tmp_path / 'out' / 's.tflite'}", "--streaming",
                 f"--representative={rep}"])
     assert LiteRTStreamingModel(path).state_names and (tmp_path / "out" / "s.stream.json").is_file()
+    core = run(["x", f"--model={model_path}", f"--out={tmp_path / 'out' / 'c.tflite'}", "--streaming",
+                f"--representative={rep}", "--split_front_end"])
+    assert LiteRTStreamingModel(core).frames_dtype == np.int8 and (tmp_path / "out" / "c.front_end.json").is_file()
     with pytest.raises(UsageError, match="--streaming needs --representative"):
         run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming"])
     with pytest.raises(UsageError, match="--streaming does not take --int4"):
         run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming", "--int4"])
 
+
+
+def test_split_front_end_streaming_export_has_int8_frames_and_no_float_op(exported, tmp_path):
+    """``split_front_end=True``: the per-mel ``bn_in`` moves to ``<name>.front_end.json``; the model takes the input
+    quantizer's int8 codes, holds no float op, and streams the logits of the unsplit export (the same integer
+    kernels after the same codes; the normalisation rounds once, in NumPy float32 instead of LiteRT's)."""
+    from kws_quant.export.front_end import front_end_path, load_front_end
+    from kws_quant.export.tflite import flatbuffer
+
+    model, rng = exported["model"], exported["rng"]
+    calibration = data(rng, 96)[0]
+    path = T.to_tflite_streaming(model, tmp_path / "core.tflite", calibration, split_front_end=True)
+    front = load_front_end(front_end_path(path))
+    assert [s["layer"] for s in front.steps] == ["bn_in"] and front.scale is not None
+    unsplit_path = T.to_tflite_streaming(model, tmp_path / "whole.tflite", calibration)
+    runner, unsplit = LiteRTStreamingModel(path), LiteRTStreamingModel(unsplit_path)
+    assert runner.frames_dtype == np.int8 and unsplit.frames_dtype == np.float32
+    m = flatbuffer.load_object(path)
+    ops = {flatbuffer.op_name(m, op) for op in m.subgraphs[0].operators}
+    assert not ops & {"QUANTIZE", "DEQUANTIZE", "MUL"}, ops  # the unsplit file normalises and quantizes in float
+    assert json.load(open(str(path)[:-len(".tflite")] + ".stream.json"))["front_end"] == "core.front_end.json"
+    hops = rng.normal(size=(60, runner.hop, runner.n_mels)).astype("float32")
+    lite, ref = runner.run(hops), unsplit.run(hops)
+    err = np.abs(lite - ref) / runner.output_grid[0]
+    assert runner.output_grid == unsplit.output_grid
+    assert np.mean(err == 0) >= 0.95 and err.max() <= 2.0, (np.mean(err == 0), err.max())
+    # an unsplit export written over it removes the stale front end, which would otherwise be applied twice
+    T.to_tflite_streaming(model, path, calibration)
+    assert not os.path.exists(front_end_path(path)) and LiteRTStreamingModel(path).frames_dtype == np.float32

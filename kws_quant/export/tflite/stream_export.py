@@ -33,10 +33,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kws_quant.export.front_end import FrontEnd, front_end_path, load_front_end
 from kws_quant.export.tflite import flatbuffer
-from kws_quant.export.tflite.ir import UnsupportedModelError
+from kws_quant.export.tflite.ir import FakeQuantOp, UnsupportedModelError
 from kws_quant.export.tflite.runtime import make_interpreter, quantize_input
-from kws_quant.export.tflite.stream_graph import calibrate, read_stream_graph, stream_windows
+from kws_quant.export.tflite.stream_graph import Chain, calibrate, read_stream_graph, stream_windows
 
 __all__ = ["LiteRTStreamingModel", "check_streaming", "keras_stream_logits", "stream_metadata_path",
            "to_tflite_streaming", "to_tflite_window"]
@@ -217,7 +218,7 @@ def _write(path, data) -> str:
 
 
 def to_tflite_streaming(model, path, representative_data=None, *, output_margin: float = 0.1,
-                        quantize: bool = True) -> str:
+                        quantize: bool = True, split_front_end: bool = False) -> str:
     """Export the streaming form of a stage-2 QAT zoo model (``dscnn``, ``tcresnet``; any model that
     :func:`~kws_quant.models.stream_state.to_streaming` reads, built from convolutions, depthwise convolutions,
     batch-norms, ReLU, residual ``Add`` and average pooling) to an int8 ``.tflite`` running one hop per invoke (the
@@ -232,6 +233,11 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
         output_margin: widen each calibrated range by this share of its span on each side.
         quantize: ``False`` writes the float32 step (float weights and state tensors, no ``.stream.json``;
             ``representative_data`` unused): the size and speed baseline.
+        split_front_end: move the per-mel normalisation (``bn_in``) out of the model into ``<name>.front_end.json``
+            (:class:`kws_quant.export.front_end.FrontEnd`, the window export's format): the ``frames`` input is then
+            **int8** (the input quantizer's codes) and the model has no float op; a device normalises and quantizes
+            each frame as it arrives (``FrontEnd.frames``). :class:`LiteRTStreamingModel` reads the file and takes
+            float frames either way.
 
     Raises:
         ValueError (:class:`UnsupportedModelError`): a layer with no int8 streaming form (named: a ``QuantLSTM``), a
@@ -240,12 +246,28 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
     if not quantize:
         return _float(model, path, whole=False)
     graph = _prepare(model, representative_data, output_margin)
+    front = graph.split_front_end() if split_front_end else None
     data, where = _patch(_convert(graph, whole=False), graph)
     _verify(data, graph, where)
     path = _write(path, data)
-    runner = LiteRTStreamingModel(data)
+    front_json = None
+    if front is not None:
+        frames = make_interpreter(data).get_signature_runner("serving_default").get_input_details()["frames"]
+        if frames["dtype"] != np.int8:
+            raise UnsupportedModelError(f"split_front_end=True: model {graph.model.name!r} still has float ops "
+                                        "before its input quantizer; only a per-mel batch-norm can move out")
+        point = next(op for n in graph.nodes if isinstance(n, Chain) for op in n.ops if isinstance(op, FakeQuantOp))
+        shape = (graph.window, graph.n_mels)
+        front_json = FrontEnd([{"op": "affine", "layer": op.owner, "gain": op.gain.astype(np.float32).tolist(),
+                                "offset": op.offset.astype(np.float32).tolist()} for op in front], shape, shape,
+                              float(frames["quantization"][0]), int(frames["quantization"][1]),
+                              bool(point.narrow)).save(front_end_path(path))
+    elif os.path.exists(front_end_path(path)):  # an earlier split export's, which this file must not be read with
+        os.remove(front_end_path(path))
+    runner = LiteRTStreamingModel(path)
     meta = {"hop": graph.hop, "n_mels": graph.n_mels, "window": graph.window,
             "first_valid_step": graph.first_valid_step, "frames_dtype": np.dtype(runner.frames_dtype).name,
+            "front_end": os.path.basename(front_json) if front_json else None,
             "logits": dict(zip(("scale", "zero_point"), runner.output_grid)),
             "states": [dict(name=b.name, shape=[1, b.frames, b.channels], scale=runner.state_grids[b.name][0],
                             zero_point=runner.state_grids[b.name][1]) for b in graph.buffers]}
@@ -281,8 +303,11 @@ class LiteRTStreamingModel:
     ``[1, hop, n_mels]`` float; ``logits`` are dequantized float ``[classes]``, ``state`` a dict of int8 arrays
     by input name, fed back as they come. ``inputs`` / ``outputs``: the signature's tensor details by name."""
 
-    def __init__(self, model, num_threads: int = 1, xnnpack: bool = True):
+    def __init__(self, model, num_threads: int = 1, xnnpack: bool = True, front_end: FrontEnd | None = None):
         self.interpreter = make_interpreter(model, num_threads=num_threads, xnnpack=xnnpack)
+        if front_end is None and isinstance(model, (str, os.PathLike)) and os.path.exists(front_end_path(model)):
+            front_end = load_front_end(front_end_path(model))  # a split export: the per-mel normalisation
+        self.front_end = front_end
         runner = self.interpreter.get_signature_runner("serving_default")
         self.inputs, self.outputs = runner.get_input_details(), runner.get_output_details()
         # state_<i>_<layer>: sorted, the order of the model's buffers (the Keras StreamingModel's state order)
@@ -306,8 +331,11 @@ class LiteRTStreamingModel:
         return {n: np.full(self.state_shapes[n], self.state_grids[n][1], np.int8) for n in self.state_names}
 
     def frames_input(self, frames) -> np.ndarray:
-        """Float frames as the model takes them (quantized with the input quantizer's grid for an int8 input)."""
+        """Float frames as the model takes them: through the front end of a split export (normalised, then the
+        input quantizer's codes), else quantized with the input quantizer's grid for an int8 input."""
         x = np.asarray(frames, np.float32).reshape(self.frames_shape)
+        if self.front_end is not None:
+            return self.front_end.frames(x.reshape(self.frames_shape[1:])).reshape(self.frames_shape)
         if self.frames_dtype == np.int8:
             return quantize_input(x, *self.inputs["frames"]["quantization"])
         return x

@@ -115,6 +115,15 @@ class StreamGraph:
         return [op for n in self.nodes if isinstance(n, Chain) for op in n.ops
                 if isinstance(op, FakeQuantOp) and op.role == "calibrated"]
 
+    def split_front_end(self) -> list:
+        """Take the float affine ops (the per-mel ``bn_in``) off the start of the graph and return them: the graph
+        then reads what they output, and its first op is the input quantizer (an int8 LiteRT input)."""
+        first = next(n for n in self.nodes if isinstance(n, Chain) and n.src is None)
+        taken = []
+        while first.ops and isinstance(first.ops[0], AffineOp):
+            taken.append(first.ops.pop(0))
+        return taken
+
     def initial_state(self, batch_size: int = 1) -> list:
         return [tf.zeros((batch_size, b.frames, b.channels), tf.float32) for b in self.buffers]
 
