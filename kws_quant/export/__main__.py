@@ -12,7 +12,7 @@ created if it is missing. See :func:`kws_quant.export.tflite.to_tflite` for ever
 zoo model (DS-CNN, TC-ResNet) in its streaming form, one hop per invoke with int8 state tensors
 (:func:`kws_quant.export.tflite.to_tflite_streaming`; ``stream.stream.json`` beside it); it needs
 ``--representative``, and takes ``--split_front_end`` (int8 frames in, the per-mel normalisation in
-``stream.front_end.json``).
+``stream.front_end.json``) and ``--int4``.
 """
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ def run(argv) -> str:
         raise UsageError(f"--output_margin={margin!r} must be between 0 and 10 (a fraction of the output range's "
                          "span added on each side)")
     if FLAGS.streaming:
-        clash = [f"--{f}" for f in ("int4", "fold_pooling", "strip_names") if FLAGS[f].value]
-        clash += ["--split_front_end"] if FLAGS.split_front_end and FLAGS.float else []
+        clash = [f"--{f}" for f in ("fold_pooling", "strip_names") if FLAGS[f].value]
+        clash += [f"--{f}" for f in ("int4", "split_front_end") if FLAGS[f].value and FLAGS.float]
         clash += ["--io_dtype"] if FLAGS.io_dtype != "auto" else []
         if clash:
             raise UsageError(f"--streaming does not take {', '.join(clash)}")
@@ -106,7 +106,7 @@ def run(argv) -> str:
             path = to_tflite_streaming(model, FLAGS.out, quantize=False)
         elif FLAGS.streaming:
             path = to_tflite_streaming(model, FLAGS.out, rep, output_margin=margin,
-                                       split_front_end=FLAGS.split_front_end)
+                                       split_front_end=FLAGS.split_front_end, int4=FLAGS.int4)
         else:
             path = to_tflite(model, FLAGS.out, rep, quantize=not FLAGS.float, io_dtype=FLAGS.io_dtype,
                              int4=FLAGS.int4, fold_pooling=FLAGS.fold_pooling, output_margin=margin,

@@ -19,6 +19,7 @@ A model with a frame-synchronous streaming form (the zoo's ``dscnn``, ``tcresnet
 
 - ``stream_int8.tflite`` + ``stream_int8.stream.json``: one 20-ms hop in, logits and int8 state tensors out;
 - ``window_int8.tflite``: the same ops over a whole window (what re-running the window costs);
+- ``stream_int4.tflite`` (``int4=True``, a model with ≤4-bit kernels): the same with those kernels packed INT4;
 - ``stream_core.tflite`` + ``stream_core.front_end.json`` (``split_front_end=True``): the streaming model with
   int8 frames in and no float op, its per-mel normalisation in the front end;
 - the packed payloads as above;
@@ -78,7 +79,8 @@ def _packed(model, out_dir, pack_presets) -> dict:
             for preset in pack_presets}
 
 
-def _export_stream(model, out_dir, calibration, x, test_labels, split_front_end, pack_presets, output_margin) -> dict:
+def _export_stream(model, out_dir, calibration, x, test_labels, int4, split_front_end, pack_presets,
+                   output_margin) -> dict:
     from kws_quant.export.tflite.stream_export import check_streaming
 
     out = {"form": "streaming", "test_windows": int(len(x))}
@@ -100,7 +102,15 @@ def _export_stream(model, out_dir, calibration, x, test_labels, split_front_end,
         y = np.asarray(test_labels)
         out.update(keras_test_accuracy=float(np.mean(keras_logits.argmax(1) == y)),
                    int8_test_accuracy=float(np.mean(lite.argmax(1) == y)))
-    out.update(int4_bytes=None, core_bytes=None, core_within_one_step=None)
+    out.update(int4_bytes=None, int4_within_one_step=None, core_bytes=None, core_within_one_step=None)
+    if int4:
+        p4 = T.to_tflite_streaming(model, os.path.join(out_dir, "stream_int4.tflite"), calibration,
+                                   output_margin=output_margin, int4=True)
+        if any(d["weight_type"] == "INT4" for d in T.read_linear_ops(p4)):
+            out.update(int4_bytes=os.path.getsize(p4), int4_within_one_step=check_streaming(model, p4, x)[
+                "within_one_step"])
+        else:  # no kernel of ≤ 4 bits: the file would be stream_int8.tflite again
+            os.remove(p4)
     if split_front_end:  # checked like the stream: float frames through its front end, then the int8 model
         core = T.to_tflite_streaming(model, os.path.join(out_dir, "stream_core.tflite"), calibration,
                                      output_margin=output_margin, split_front_end=True)
@@ -117,7 +127,7 @@ def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_
 
     if is_streamable(model):
         return _export_stream(model, out_dir, calibration, np.asarray(test_windows, np.float32), test_labels,
-                              split_front_end, pack_presets, output_margin)
+                              int4, split_front_end, pack_presets, output_margin)
     x = np.asarray(test_windows, np.float32)
     keras_logits = np.concatenate([np.asarray(model(x[i:i + 512], training=False)) for i in range(0, len(x), 512)])
     out = {"test_windows": int(len(x))}

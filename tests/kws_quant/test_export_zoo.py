@@ -175,6 +175,7 @@ def test_deployment_exports_the_streaming_form(exported, tmp_path):
     assert out["form"] == "streaming" and (tmp_path / "stream_int8.tflite").is_file()
     assert (tmp_path / "stream_int8.stream.json").is_file() and (tmp_path / "window_int8.tflite").is_file()
     assert (tmp_path / "stream_core.front_end.json").is_file() and out["core_bytes"] < out["int8_bytes"]
+    assert out["int4_bytes"] < out["int8_bytes"] and out["int4_within_one_step"] >= 0.9
     assert out["within_one_step"] >= 0.9 and out["window_within_one_step"] >= 0.9 and out["core_within_one_step"] >= 0.9
     assert out["int8_vs_float32"] > 1 and out["packed_bytes"]["nna-5bit"] > 0  # a tiny model: mostly metadata
     assert abs(out["int8_test_accuracy"] - out["keras_test_accuracy"]) <= 0.15
@@ -224,12 +225,13 @@ def test_export_cli_streaming(exported, tmp_path):
                 f"--representative={rep}"])
     assert LiteRTStreamingModel(path).state_names and (tmp_path / "out" / "s.stream.json").is_file()
     core = run(["x", f"--model={model_path}", f"--out={tmp_path / 'out' / 'c.tflite'}", "--streaming",
-                f"--representative={rep}", "--split_front_end"])
+                f"--representative={rep}", "--split_front_end", "--int4"])
     assert LiteRTStreamingModel(core).frames_dtype == np.int8 and (tmp_path / "out" / "c.front_end.json").is_file()
+    assert "INT4" in {d["weight_type"] for d in T.read_linear_ops(core)}
     with pytest.raises(UsageError, match="--streaming needs --representative"):
         run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming"])
-    with pytest.raises(UsageError, match="--streaming does not take --int4"):
-        run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming", "--int4"])
+    with pytest.raises(UsageError, match="--streaming does not take --fold_pooling"):
+        run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming", "--fold_pooling"])
 
 
 
@@ -260,3 +262,24 @@ def test_split_front_end_streaming_export_has_int8_frames_and_no_float_op(export
     # an unsplit export written over it removes the stale front end, which would otherwise be applied twice
     T.to_tflite_streaming(model, path, calibration)
     assert not os.path.exists(front_end_path(path)) and LiteRTStreamingModel(path).frames_dtype == np.float32
+
+
+@pytest.mark.litert_bitexact
+def test_int4_streaming_export_packs_the_4bit_kernels_and_computes_the_int8_files_logits(exported, tmp_path):
+    """``int4=True``: every 4-bit kernel (dense, conv, depthwise) is an INT4 tensor holding the same codes; without
+    XNNPACK (which delegates only the int8 file's ops) LiteRT's kernels unpack them to the same int8 codes, so the
+    logits and states equal the int8 file's bit for bit (integer arithmetic on both sides)."""
+    model, rng = exported["model"], exported["rng"]
+    calibration = data(rng, 96)[0]
+    int8 = T.to_tflite_streaming(model, tmp_path / "s8.tflite", calibration)
+    int4 = T.to_tflite_streaming(model, tmp_path / "s4.tflite", calibration, int4=True)
+    plain, small = T.read_linear_ops(int8), T.read_linear_ops(int4)
+    assert [d["weight_type"] for d in small].count("INT4") == len(small) - 1  # all but the pooling's 1/T weights
+    for a, b in zip(plain, small):
+        np.testing.assert_array_equal(a["weights"], b["weights"])
+    assert os.path.getsize(int4) < os.path.getsize(int8)
+    hops = rng.normal(size=(40, *LiteRTStreamingModel(int8).frames_shape[1:])).astype("float32")
+    a, b = LiteRTStreamingModel(int8, xnnpack=False), LiteRTStreamingModel(int4, xnnpack=False)
+    np.testing.assert_array_equal(a.run(hops), b.run(hops))
+    check = check_streaming(model, int4, data(rng, 16)[0])  # with XNNPACK, as deployed: against Keras
+    assert check["within_one_step"] >= 0.88 and check["argmax_agreement"] >= 0.9

@@ -11,7 +11,7 @@ import numpy as np
 
 from kws_quant.export.tflite.ir import ActivationOp, FakeQuantOp, LinearOp
 
-__all__ = ["LINEAR_OPS", "load_object", "op_name", "output_grid", "output_step", "patch",
+__all__ = ["LINEAR_OPS", "load_object", "op_name", "output_grid", "output_step", "pack_int4", "patch",
            "per_tensor_where_uniform", "read_linear_ops", "serialize", "set_quant", "tensor_values"]
 
 LINEAR_OPS = ("FULLY_CONNECTED", "CONV_2D")
@@ -54,7 +54,8 @@ def tensor_values(m, t) -> np.ndarray:
     return np.frombuffer(raw.tobytes(), dtype).reshape(t.shape)
 
 
-def _pack_int4(codes: np.ndarray) -> np.ndarray:
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """Codes in [-8, 7] → LiteRT's INT4 buffer bytes: two a byte, low nibble first, in row-major order."""
     flat = codes.astype(np.int16).ravel() & 0xF
     flat = np.append(flat, 0) if len(flat) % 2 else flat
     return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
@@ -118,7 +119,7 @@ def patch(tflite_bytes: bytes, ops: list, int4: bool, strip_names: bool) -> byte
             raise RuntimeError(f"{lin.owner}: the converter's weights do not match the layer's; cannot patch")
         if int4 and lin.exact and lin.bits <= 4 and op_name(m, op) == "FULLY_CONNECTED" \
                 and codes.min(initial=0) >= -8 and codes.max(initial=0) <= 7:
-            m.buffers[w_t.buffer].data = _pack_int4(codes)
+            m.buffers[w_t.buffer].data = pack_int4(codes)
             w_t.type = schema.TensorType.INT4
         else:
             m.buffers[w_t.buffer].data = np.frombuffer(codes.astype(np.int8).tobytes(), np.uint8).copy()

@@ -132,7 +132,7 @@ def _exact_grids(m, sg, points) -> None:
             q.scale, q.zeroPoint = [g[0]], [g[1]]
 
 
-def _patch(data: bytes, graph) -> tuple[bytes, list]:
+def _patch(data: bytes, graph, int4: bool = False) -> tuple[bytes, list]:
     from tensorflow.lite.python import schema_py_generated as schema
 
     m = flatbuffer.load_object(data)
@@ -151,8 +151,12 @@ def _patch(data: bytes, graph) -> tuple[bytes, list]:
             raise RuntimeError(f"{lin.owner}: the converter shares a weight tensor between two ops; cannot patch")
         used |= shared
         codes, scale = lin.int8_weights()
-        m.buffers[w_t.buffer].data = np.frombuffer(_layout(lin, codes, w_t.shape).astype(np.int8).tobytes(),
-                                                   np.uint8).copy()
+        laid = _layout(lin, codes, w_t.shape)
+        if int4 and lin.bits <= 4 and laid.min(initial=0) >= -8 and laid.max(initial=0) <= 7:
+            m.buffers[w_t.buffer].data = flatbuffer.pack_int4(laid)  # LiteRT unpacks them to the same int8 codes
+            w_t.type = schema.TensorType.INT4
+        else:
+            m.buffers[w_t.buffer].data = np.frombuffer(laid.astype(np.int8).tobytes(), np.uint8).copy()
         flatbuffer.set_quant(w_t, scale, axis=3 if lin.kind == "depthwise" else 0)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             b_t = sg.tensors[op.inputs[2]]
@@ -218,7 +222,7 @@ def _write(path, data) -> str:
 
 
 def to_tflite_streaming(model, path, representative_data=None, *, output_margin: float = 0.1,
-                        quantize: bool = True, split_front_end: bool = False) -> str:
+                        quantize: bool = True, split_front_end: bool = False, int4: bool = False) -> str:
     """Export the streaming form of a stage-2 QAT zoo model (``dscnn``, ``tcresnet``; any model that
     :func:`~kws_quant.models.stream_state.to_streaming` reads, built from convolutions, depthwise convolutions,
     batch-norms, ReLU, residual ``Add`` and average pooling) to an int8 ``.tflite`` running one hop per invoke (the
@@ -238,6 +242,9 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
             **int8** (the input quantizer's codes) and the model has no float op; a device normalises and quantizes
             each frame as it arrives (``FrontEnd.frames``). :class:`LiteRTStreamingModel` reads the file and takes
             float frames either way.
+        int4: store the kernels of ≤4-bit quantizers (dense, conv and depthwise) as packed INT4 tensors (two codes a
+            byte). LiteRT unpacks them to the same int8 codes: without XNNPACK the logits equal the int8 file's bit
+            for bit; XNNPACK runs only the int8 file's ops, so with it the two differ by its rounding.
 
     Raises:
         ValueError (:class:`UnsupportedModelError`): a layer with no int8 streaming form (named: a ``QuantLSTM``), a
@@ -247,7 +254,7 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
         return _float(model, path, whole=False)
     graph = _prepare(model, representative_data, output_margin)
     front = graph.split_front_end() if split_front_end else None
-    data, where = _patch(_convert(graph, whole=False), graph)
+    data, where = _patch(_convert(graph, whole=False), graph, int4)
     _verify(data, graph, where)
     path = _write(path, data)
     front_json = None
