@@ -8,7 +8,9 @@ window invoke; ``step_host_us``, a whole host-loop step in Python (frames and th
 logits and next state read: Python's tensor copies dominate it). Each is the median over ``--blocks`` rounds of
 ``--steps`` calls of each in turn, so all see the same machine load. Per second of audio the streaming model runs
 50 steps and a window model re-run every 20 ms runs 50 windows: ``window/step`` is also the ratio per second of
-audio.
+audio. The same stream is also exported with its ≤4-bit kernels packed INT4 (``int4=True``; ``int4_step_us``,
+``stream_int4_KB``) and with its per-mel normalisation split into the front end (``split_front_end=True``: int8
+frames in, no float op; ``core_step_us``, ``core_KB``).
 
 Models: ``--runs arch=RUN_DIR ...`` loads ``RUN_DIR/<--phase>/model.keras`` of trained runs and its data
 (``config.json``): validation windows calibrate the export and the test windows measure agreement: each test
@@ -55,10 +57,10 @@ def block_medians(fns: dict, steps: int, blocks: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def timers(stream_path: str, window_path: str) -> dict:
+def timers(stream_path: str, window_path: str, int4_path: str, core_path: str) -> dict:
     """The timed calls: ``step_invoke`` (one streaming invoke, its inputs set once), ``step_host`` (set the frames
     and the state the step before returned, invoke, read the logits and the next state: a host loop in Python),
-    ``window_invoke`` (one window invoke)."""
+    ``window_invoke`` (one window invoke), ``int4_invoke`` / ``core_invoke`` (one step of the INT4 / split file)."""
     from kws_quant.export.tflite import make_interpreter
     from kws_quant.export.tflite.stream_export import LiteRTStreamingModel
 
@@ -74,7 +76,14 @@ def timers(stream_path: str, window_path: str) -> dict:
     w = make_interpreter(window_path, num_threads=1)
     wd = w.get_input_details()[0]
     w.set_tensor(wd["index"], rng.normal(size=wd["shape"]).astype(wd["dtype"]))
-    return {"step_invoke": m.interpreter.invoke, "step_host": step_host, "window_invoke": w.invoke}
+    others = {}
+    for name, path in (("int4_invoke", int4_path), ("core_invoke", core_path)):
+        o = LiteRTStreamingModel(path, num_threads=1)
+        o.interpreter.set_tensor(o.inputs["frames"]["index"], o.frames_input(rng.normal(size=o.frames_shape)))
+        for n, s in o.initial_state().items():
+            o.interpreter.set_tensor(o.inputs[n]["index"], s)
+        others[name] = o.interpreter.invoke
+    return {"step_invoke": m.interpreter.invoke, "step_host": step_host, "window_invoke": w.invoke, **others}
 
 
 def load_windows(cfg, calib_n: int, test_n: int | None):
@@ -89,7 +98,7 @@ def load_windows(cfg, calib_n: int, test_n: int | None):
     return take(data.validation, calib_n)[0], *take(data.test, test_n)
 
 
-def agreement(model, stream_path, window_path, test_x, test_y) -> dict:
+def agreement(model, stream_path, window_path, int4_path, core_path, test_x, test_y) -> dict:
     from kws_quant.export.tflite import output_step, run_tflite
     from kws_quant.export.tflite.stream_export import LiteRTStreamingModel, check_streaming, keras_stream_logits
 
@@ -108,7 +117,9 @@ def agreement(model, stream_path, window_path, test_x, test_y) -> dict:
             "continuous_steps": len(hops),
             "lite_acc": float(np.mean(c["litert_last"].argmax(1) == test_y)),
             "keras_acc": float(np.mean(keras_window.argmax(1) == test_y)),
-            "test_windows": len(test_x), "steps": c["steps_per_window"]}
+            "test_windows": len(test_x), "steps": c["steps_per_window"],
+            "int4_within_1_step": check_streaming(model, int4_path, test_x)["within_one_step"],
+            "core_within_1_step": check_streaming(model, core_path, test_x)["within_one_step"]}
 
 
 def main():
@@ -151,9 +162,10 @@ def main():
             x = (level + rng.normal(0.0, 0.5, size=(256, 98, 40))).astype(np.float32)
             qat.calibrate(model, x[:128])
             models[arch] = (model, x)
-    cols = ["arch", "step_us", "window_us", "window/step", "step_host_us", "state_bytes", "stream_int8_KB",
-            "window_int8_KB", "within_1_step", "max_steps", "saturated", "continuous_within_1_step",
-            "continuous_max_steps", "window_within_1_step", "lite_acc", "keras_acc"]
+    cols = ["arch", "step_us", "window_us", "window/step", "step_host_us", "int4_step_us", "core_step_us",
+            "state_bytes", "stream_int8_KB", "window_int8_KB", "stream_int4_KB", "core_KB", "within_1_step",
+            "max_steps", "saturated", "continuous_within_1_step", "continuous_max_steps", "window_within_1_step",
+            "int4_within_1_step", "core_within_1_step", "lite_acc", "keras_acc"]
     rows = []
     out_dir = tempfile.mkdtemp(prefix="bench_zoo_litert_")
     for arch, (model, cfg) in models.items():
@@ -162,20 +174,25 @@ def main():
         else:
             calib, test_x, test_y = cfg, None, None
         sp, wp = os.path.join(out_dir, f"{arch}_stream.tflite"), os.path.join(out_dir, f"{arch}_window.tflite")
+        p4, pc = os.path.join(out_dir, f"{arch}_stream4.tflite"), os.path.join(out_dir, f"{arch}_core.tflite")
         try:
             to_tflite_streaming(model, sp, calib, output_margin=args.output_margin)
             to_tflite_window(model, wp, calib, output_margin=args.output_margin)
+            to_tflite_streaming(model, p4, calib, output_margin=args.output_margin, int4=True)
+            to_tflite_streaming(model, pc, calib, output_margin=args.output_margin, split_front_end=True)
         except UnsupportedModelError as e:
             print(f"{arch}: not exported: {e}")
             rows.append({"arch": arch})
             continue
-        us = block_medians(timers(sp, wp), args.steps, args.blocks)
+        us = block_medians(timers(sp, wp, p4, pc), args.steps, args.blocks)
         r = {"arch": arch, "step_us": us["step_invoke"], "window_us": us["window_invoke"],
              "window/step": us["window_invoke"] / us["step_invoke"], "step_host_us": us["step_host"],
+             "int4_step_us": us["int4_invoke"], "core_step_us": us["core_invoke"],
              "state_bytes": to_streaming(model).state_bytes(), "stream_int8_KB": os.path.getsize(sp) / 1000,
-             "window_int8_KB": os.path.getsize(wp) / 1000}
+             "window_int8_KB": os.path.getsize(wp) / 1000, "stream_int4_KB": os.path.getsize(p4) / 1000,
+             "core_KB": os.path.getsize(pc) / 1000}
         if test_x is not None:
-            r.update(agreement(model, sp, wp, test_x, test_y))
+            r.update(agreement(model, sp, wp, p4, pc, test_x, test_y))
         rows.append(r)
         print(r, flush=True)
     print(f"\nLiteRT int8, 1 thread, XNNPACK; microseconds per call, median of {args.blocks} rounds of "
@@ -188,7 +205,7 @@ def main():
             v = r.get(c)
             cells.append("-" if v is None else f"{100 * v:.2f} %" if c in (
                 "within_1_step", "window_within_1_step", "continuous_within_1_step", "saturated", "lite_acc",
-                "keras_acc")
+                "keras_acc", "int4_within_1_step", "core_within_1_step")
                          else f"{v:.3g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
         print("| " + " | ".join(cells) + " |")
 
