@@ -203,7 +203,8 @@ def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
     try:
         result = export_for_deployment(model, os.path.join(run.phase(phase), "export"), calibration, x, y,
                                        int4=ecfg["int4"], split_front_end=ecfg["split_front_end"],
-                                       pack_presets=tuple(ecfg["pack_presets"]), output_margin=ecfg["output_margin"])
+                                       pack_presets=tuple(ecfg["pack_presets"]), output_margin=ecfg["output_margin"],
+                                       features=data.features)
     except UnsupportedModelError as e:  # e.g. the CRNN's LSTM: trained models are kept, said why
         print(f"deployment export skipped: {e}")
         run.update_metrics(phase, {"deployment": {"skipped": f"the LiteRT export does not support this model: {e}"}})

@@ -30,19 +30,20 @@ streaming model (``within_one_step`` over the logits of every step; accuracies f
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 
 from kws_quant.export import tflite as T
-from kws_quant.export.front_end import load_front_end
+from kws_quant.export.front_end import front_end_path, load_front_end
 
 __all__ = ["export_for_deployment"]
 
 
 def export_for_deployment(model, out_dir: str, calibration, test_windows, test_labels=None, *, int4: bool = True,
                           split_front_end: bool = True, pack_presets=("nna-5bit",),
-                          output_margin: float = 0.25) -> dict:
+                          output_margin: float = 0.25, features=None) -> dict:
     """Export ``model`` (a stage-2 QAT KWS model) into ``out_dir`` and check the int8 export on ``test_windows``.
 
     Args:
@@ -53,6 +54,9 @@ def export_for_deployment(model, out_dir: str, calibration, test_windows, test_l
         pack_presets: :mod:`kws_quant.export.packing` presets to write payloads for.
         output_margin: widen the logits' int8 range (calibrated on ``calibration``) by this share of its span on
             each side: unseen data (a new speaker) gives logits beyond the calibration's, which would saturate.
+        features: the :class:`kws_quant.features.FeatureConfig` the windows were computed with; written into the
+            split exports' front-end files (``FrontEnd.features``), so a device knows the sample rate, window and
+            hop its frames need.
 
     Returns:
         A JSON-ready dict: ``int8_bytes``, ``float32_bytes``, ``int8_vs_float32``, ``int4_bytes`` / ``core_bytes``
@@ -66,10 +70,18 @@ def export_for_deployment(model, out_dir: str, calibration, test_windows, test_l
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.WARNING)  # the converter logs every SavedModel it writes at INFO
     try:
-        return _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
-                       output_margin)
+        out = _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
+                      output_margin)
     finally:
         absl_logging.set_verbosity(verbosity)
+    if features is not None and split_front_end:
+        for name in ("core.tflite", "stream_core.tflite"):
+            if os.path.exists(front_end_path(os.path.join(out_dir, name))):
+                path = front_end_path(os.path.join(out_dir, name))
+                front = load_front_end(path)  # the log-mel settings beside what the frames go through
+                front.features = dataclasses.asdict(features)
+                front.save(path)
+    return out
 
 
 def _packed(model, out_dir, pack_presets) -> dict:

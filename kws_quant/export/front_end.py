@@ -57,6 +57,9 @@ class FrontEnd:
         scale, zero_point: the int8 grid of the model's input quantizer; ``None`` for a float export.
         narrow_range: the input quantizer is symmetric (codes -127..127).
         input_shape, output_shape: one window in and out, without the batch axis.
+        features: the log-mel settings the frames are computed with (:class:`kws_quant.features.FeatureConfig`'s
+            fields: sample rate, window, hop, mels, …), or ``None`` when the exporter was not told them (the
+            training run's deployment step always writes them).
     """
 
     steps: list
@@ -65,6 +68,7 @@ class FrontEnd:
     scale: float | None = None
     zero_point: int | None = None
     narrow_range: bool = False
+    features: dict | None = None
 
     def apply(self, windows) -> np.ndarray:
         """Float windows ``[n, *input_shape]`` (or one window) → ``[n, *output_shape]``: int8 codes, or float32 when
@@ -121,7 +125,7 @@ class FrontEnd:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "steps": self.steps, "input_shape": list(self.input_shape),
                 "output_shape": list(self.output_shape), "scale": self.scale, "zero_point": self.zero_point,
-                "narrow_range": self.narrow_range}
+                "narrow_range": self.narrow_range, **({"features": self.features} if self.features else {})}
 
     def save(self, path) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
@@ -137,11 +141,11 @@ class FrontEnd:
         the field."""
         _check_dict(d, where)
         return cls(list(d["steps"]), tuple(d["input_shape"]), tuple(d["output_shape"]), d.get("scale"),
-                   d.get("zero_point"), d.get("narrow_range", False))
+                   d.get("zero_point"), d.get("narrow_range", False), d.get("features"))
 
 
-_FIELDS = {"format", "steps", "input_shape", "output_shape", "scale", "zero_point", "narrow_range"}
-_OPTIONAL = {"scale", "zero_point", "narrow_range"}  # null, null, false: a float export
+_FIELDS = {"format", "steps", "input_shape", "output_shape", "scale", "zero_point", "narrow_range", "features"}
+_OPTIONAL = {"scale", "zero_point", "narrow_range", "features"}  # null, null, false: a float export; features: unknown
 _STEP_FIELDS = {"affine": {"op", "layer", "gain", "offset"}, "average_pool": {"op", "layer", "size"}}
 
 
@@ -214,6 +218,18 @@ def _check_dict(d, where: str) -> None:
             bad("zero_point", zero_point, "an integer in [-128, 127]")
     if not isinstance(d.get("narrow_range", False), bool):
         bad("narrow_range", d["narrow_range"], "true or false")
+    if d.get("features") is not None:
+        from kws_quant.features import FeatureConfig  # only here: the front end itself needs NumPy alone
+
+        f = d["features"]
+        if not isinstance(f, dict):
+            bad("features", f, "an object of log-mel settings (kws_quant.features.FeatureConfig fields)")
+        try:
+            config = FeatureConfig(**f)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: field 'features' is not a FeatureConfig: {e}") from None
+        if config.n_mels != d["input_shape"][-1]:
+            bad("features.n_mels", config.n_mels, f"{d['input_shape'][-1]}, the channels of input_shape")
 
 
 def _affine(x, step: dict) -> np.ndarray:

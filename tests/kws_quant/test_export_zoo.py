@@ -171,10 +171,16 @@ def test_unsupported_models_name_the_problem(tmp_path):
 def test_deployment_exports_the_streaming_form(exported, tmp_path):
     model, rng = exported["model"], exported["rng"]
     x, y = data(rng, 24)
-    out = export_for_deployment(model, str(tmp_path), data(rng, 64)[0], x, y, pack_presets=("nna-5bit",))
+    from kws_quant.export.front_end import load_front_end
+    from kws_quant.features import FeatureConfig
+
+    out = export_for_deployment(model, str(tmp_path), data(rng, 64)[0], x, y, pack_presets=("nna-5bit",),
+                                features=FeatureConfig(n_mels=8))
     assert out["form"] == "streaming" and (tmp_path / "stream_int8.tflite").is_file()
     assert (tmp_path / "stream_int8.stream.json").is_file() and (tmp_path / "window_int8.tflite").is_file()
     assert (tmp_path / "stream_core.front_end.json").is_file() and out["core_bytes"] < out["int8_bytes"]
+    features = load_front_end(tmp_path / "stream_core.front_end.json").features  # what a device computes frames with
+    assert features["n_mels"] == 8 and features["sample_rate"] == 16000 and features["hop_ms"] == 10.0
     assert out["int4_bytes"] < out["int8_bytes"] and out["int4_within_one_step"] >= 0.9
     assert out["within_one_step"] >= 0.9 and out["window_within_one_step"] >= 0.9 and out["core_within_one_step"] >= 0.9
     assert out["int8_vs_float32"] > 1 and out["packed_bytes"]["nna-5bit"] > 0  # a tiny model: mostly metadata

@@ -30,6 +30,8 @@ def test_a_valid_file_reads_back(tmp_path):
     assert front.apply(np.ones((1, 8, 3), np.float32)).shape == (1, 4, 3)
     float_export = {**valid(), "scale": None, "zero_point": None}
     assert load_front_end(write(tmp_path, float_export)).scale is None
+    features = {"sample_rate": 8000, "n_mels": 3, "win_ms": 32.0, "hop_ms": 16.0, "n_fft": 256}
+    assert load_front_end(write(tmp_path, {**valid(), "features": features})).features == features
 
 
 def _with(path, value):
@@ -80,6 +82,10 @@ HOSTILE = [  # (field path, value, what the message says)
     (("zero_point",), 300, r"field 'zero_point' is 300; expected an integer in \[-128, 127\]"),
     (("zero_point",), -3.5, "field 'zero_point' is -3.5"),
     (("narrow_range",), "no", "field 'narrow_range' is 'no'; expected true or false"),  # was: True
+    (("features",), "16k", "field 'features' is '16k'; expected an object of log-mel settings"),
+    (("features",), {"sample_rate": 16000, "hop": 10}, "field 'features' is not a FeatureConfig: .*'hop'"),
+    (("features",), {"n_mels": 40}, r"field 'features.n_mels' is 40; expected 3, the channels of input_shape"),
+    (("features",), {"n_mels": 3, "win_ms": 64.0}, "field 'features' is not a FeatureConfig: window of 1024"),
 ]
 
 
