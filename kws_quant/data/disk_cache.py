@@ -109,17 +109,19 @@ def open_entry(directory: str, key: str) -> tuple[CacheEntry | None, str]:
 
 
 def disk_cached(build: Callable[[], tf.data.Dataset], key: str, root: str, elements: int, shuffle: bool,
-                seed: int = 0, describe: str = "", extra_info: dict | None = None) -> tuple[tf.data.Dataset, dict]:
+                seed: int = 0, describe: str = "", extra_info: dict | None = None,
+                entry: CacheEntry | None = None) -> tuple[tf.data.Dataset, dict]:
     """``(dataset, info)``: the elements of ``build()`` read from ``<root>/<key>/``, written there first when there is
     no complete cache of that key.
 
     ``build()`` must yield ``(index int64 [], value)`` with ``index`` in ``[0, elements)``, in index order: shards hold
     contiguous index ranges, so an unshuffled read returns the elements in that order. ``shuffle``: shards in an
     order reshuffled every epoch (seeded), read interleaved. ``extra_info`` is stored in ``cache.json`` and returned
-    in ``info`` (e.g. the bad files skipped while building).
+    in ``info`` (e.g. the bad files skipped while building). ``entry``: what :func:`open_entry` just returned for
+    this key, when the caller opened it (it is not opened again).
     """
     directory = os.path.join(root, key)
-    entry, why = open_entry(directory, key)
+    entry, why = (entry, "") if entry is not None else open_entry(directory, key)
     if entry is None:
         if why != "no cache yet":
             print(f"feature cache: rebuilding {directory}: {why}", file=sys.stderr)

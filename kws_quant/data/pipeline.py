@@ -111,13 +111,13 @@ def make_dataset(
     content = "features" if augment is None else "audio"
     element_bytes = 4 * (frames * feature_cfg.n_mels if augment is None else num_samples)
     mode = resolve_mode(cache, len(paths), element_bytes)
-    disk_key = None
+    disk_key = entry = None
     if mode == "disk":  # a cache of these files and settings records its bad files: the headers need no new check
         settings = {"content": content, "features": dataclasses.asdict(feature_cfg), "num_samples": num_samples,
                     "trim_db": float(trim_db)}
         disk_key = fingerprint(paths, zip(starts.tolist(), trimmed.tolist()), settings)
         cache_root = cache_dir or os.path.join(default_cache_root(), "features")
-        bad = _recorded_bad_files(cache_root, disk_key, skip_bad_files)
+        bad, entry = _recorded_bad_files(cache_root, disk_key, skip_bad_files)
     if disk_key is None or bad is None:
         bad = find_bad_files(list(dict.fromkeys(paths)), skip_bad_files)  # repeated rows: once
     bad_paths = {b.path for b in bad}
@@ -161,6 +161,7 @@ def make_dataset(
     buffer = min(len(paths), shuffle_buffer)
     if mode == "disk":
         ds, _ = disk_cached(decoded, disk_key, cache_root, len(paths), shuffle, seed, describe=f"{split} {content}",
+                            entry=entry,
                             extra_info={"bad_files": [dataclasses.asdict(b) for b in bad]})
         buffer = min(buffer, max(1, SHUFFLE_BUFFER_BYTES // element_bytes))
         options = tf.data.Options()  # workers split the elements, not the shard files (uneven, or too few)
@@ -192,19 +193,19 @@ def make_dataset(
     return ds.prefetch(autotune)
 
 
-def _recorded_bad_files(cache_root: str, key: str, skip_bad_files: bool) -> list[BadFile] | None:
-    """The bad files a complete disk cache of ``key`` recorded when it was built (its files are unchanged: they are
-    in the key), or ``None`` when there is no such cache or it recorded bad files without ``skip_bad_files`` (the
-    check then runs again and raises, naming them)."""
+def _recorded_bad_files(cache_root: str, key: str, skip_bad_files: bool):
+    """``(bad files, entry)``: the complete disk cache of ``key`` (``None``: none) and the bad files it recorded when
+    it was built (its files are unchanged: they are in the key); the bad files are ``None`` when there is no such
+    cache or it recorded bad files without ``skip_bad_files`` (the check then runs again and raises, naming them)."""
     entry, _ = open_entry(os.path.join(cache_root, key), key)
     if entry is None:
-        return None
+        return None, None
     bad = [BadFile(**b) for b in entry.info.get("bad_files", [])]
     if bad and not skip_bad_files:
-        return None
+        return None, entry
     if bad:
         print(summarize_bad_files(bad), file=sys.stderr)
-    return bad
+    return bad, entry
 
 
 def _with_loaded_noises(cfg: AugmentConfig, sample_rate: int, skip_bad_files: bool) -> AugmentConfig:
