@@ -14,6 +14,7 @@ from asr_ext.models import RNNTConfig, build_rnnt
 from asr_ext.quant import lloyd_max_roles
 from kws_quant.export.packing import unpack
 from kws_quant.experiments.training import read_history
+from wer_reference import corpus_wer_from_tsv
 
 METHODS = ("s8bqat5", "gq_mixed14", "native4_conformer", "nna8")
 TINY_MODEL = dict(lstm_units=(24,), reduce_after=(), frame_stack=4, pred_units=(16,), joint_units=16, embed_dim=8,
@@ -66,7 +67,8 @@ def test_every_method_trains_and_records_wer_bits_memory(result):
         p = m[phase]
         assert all(math.isfinite(v) for v in p["history"]["loss"]), (phase, p["history"]["loss"])
         assert len(p["history"]["loss"]) == p["epochs"] == 1
-        assert 0.0 <= p["test_wer"] and math.isfinite(p["test_wer"]) and 0.0 <= p["test_cer"]
+        assert p["test_wer"] == pytest.approx(corpus_wer_from_tsv(result.dir / phase / "test_hypotheses.tsv"))
+        assert math.isfinite(p["test_cer"]) and p["test_cer"] >= 0
         assert p["encoder"] == ("conformer" if "conformer" in phase else "lstm")
         mem = p["weight_memory"]
         if phase.startswith("float"):

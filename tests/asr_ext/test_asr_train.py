@@ -7,6 +7,8 @@ import sys
 import pytest
 import soundfile as sf
 
+from wer_reference import corpus_wer_from_tsv
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -36,7 +38,8 @@ def test_tiny_synthetic_run_float_and_qat(tmp_path):
     assert set(metrics) == {"data", "float", "tanh4"}
     for phase in ("float", "tanh4"):
         m = metrics[phase]
-        assert 0.0 <= m["test_wer"] and 0.0 <= m["test_cer"] and m["beam_utterances"] == 2
+        assert m["test_wer"] == pytest.approx(corpus_wer_from_tsv(tmp_path / "run" / phase / "test_hypotheses.tsv"))
+        assert m["test_cer"] >= 0 and m["beam_utterances"] == 2
         assert (tmp_path / "run" / phase / "model.keras").exists()
         lines = (tmp_path / "run" / phase / "test_hypotheses.tsv").read_text().splitlines()
         assert lines[0] == "utt_id\treference\tgreedy\tbeam" and len(lines) == 1 + m["test_utterances"]

@@ -108,7 +108,9 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     out = run(tiny_args(tmp_path, "--strategy=mirrored", "--cpu_devices=2", float_epochs=1))
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
-    assert 0.0 <= metrics["tanh4"]["test_accuracy"] <= 1.0
+    confusion = np.asarray(metrics["tanh4"]["test_classification"]["confusion"])  # rows: true class
+    assert metrics["tanh4"]["test_accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert confusion.sum() == metrics["tanh4"]["test_clips"] > 0
     config = json.load(open(tmp_path / "run" / "config.json"))
     assert config["train"]["float_epochs"] == 1 and config["data"]["source"] == "synthetic"
     for phase in ("float", "tanh4"):
