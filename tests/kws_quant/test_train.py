@@ -374,3 +374,44 @@ def test_weight_average_is_what_the_phase_validates_and_keeps(tmp_path):
     metrics = run_dir.load_metrics()["float"]
     np.testing.assert_allclose(metrics["history"]["val_loss"][-1], metrics["test_loss"], rtol=1e-5)
     assert len(raw) == 3 * 4 and model.count_params() == 18
+
+
+def test_a_resumed_phase_keeps_the_weight_average(tmp_path):
+    """Interrupted after the backup of epoch 1 of 3 and run again, a phase with ``ema_momentum`` ends with the
+    weights of an uninterrupted run: the average (an optimizer variable) is in the backup and restored with it."""
+    import keras
+    import tensorflow as tf
+
+    from kws_quant.experiments.kws import compile_model
+    from kws_quant.experiments.training import PhasePlan, RunDir, run_phase
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 5)).astype("float32"), rng.integers(0, 3, 64)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterFirstBackup(keras.callbacks.Callback):  # runs after the backup callback (resumable_fit's order)
+        def on_epoch_end(self, epoch, logs=None):
+            raise Killed
+
+    def phase(run_dir, kill):
+        def build():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+            compile_model(model, 0.05, 12, jit_compile=False, ema_momentum=0.5)
+            return model, [KillAfterFirstBackup()] if kill else [], {}
+
+        plan = PhasePlan("float", (3, 0), False, build, lambda m: {"done": True}, "done")
+        return run_phase(RunDir(str(tmp_path / run_dir)), plan, tf.distribute.get_strategy(), train, verbose=0)
+
+    straight = phase("straight", kill=False).get_weights()
+    with pytest.raises(Killed):
+        phase("resumed", kill=True)
+    assert (tmp_path / "resumed" / "float" / "backup").is_dir()
+    resumed = phase("resumed", kill=False).get_weights()
+    for a, b in zip(resumed, straight):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # it resumed at epoch 2 (a restart from scratch would have appended epochs 0, 1, 2 again)
+    assert pd.read_csv(tmp_path / "resumed" / "float" / "history.csv")["epoch"].tolist() == [0, 1, 2]
