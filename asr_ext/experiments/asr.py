@@ -76,6 +76,7 @@ def asr_config() -> ml_collections.ConfigDict:
     c.train.stage2_epochs = 3               # QAT: + inputs, activations, biases (stage 2)
     c.train.qat_learning_rate = 5e-4
     c.train.qat_init_from_float = True
+    c.train.ema_momentum = 0.0              # > 0: validate and keep the weights' moving average
     c.train.other_float_epochs = 0          # float_<encoder> phase of a method on another encoder; 0: float_epochs
 
     c.decode = ml_collections.ConfigDict(dict(
@@ -184,12 +185,15 @@ def prepare_data(cfg: dict, manifest=None, training: bool = True) -> ASRData:
                    ad.split_summary(manifest), common)
 
 
-def compile_model(model, learning_rate: float, warmup_steps: int, total_steps: int, clipnorm: float) -> None:
+def compile_model(model, learning_rate: float, warmup_steps: int, total_steps: int, clipnorm: float,
+                  ema_momentum: float = 0.0) -> None:
     """Adam with warm-up + cosine decay and global-norm clipping, ``RNNTLoss``; not XLA-compiled (the loss runs
     its own XLA kernels, and its input asserts stay active). The optimizer's variables are created here: created
-    inside the first train step, they make TensorFlow trace that step twice."""
+    inside the first train step, they make TensorFlow trace that step twice. ``ema_momentum`` > 0: a moving
+    average of the weights, validated and kept (as :func:`kws_quant.experiments.kws.compile_model`)."""
     optimizer = keras.optimizers.Adam(WarmupCosine(learning_rate, warmup_steps, total_steps),
-                                      global_clipnorm=clipnorm or None)
+                                      global_clipnorm=clipnorm or None, use_ema=ema_momentum > 0,
+                                      ema_momentum=ema_momentum or 0.99)
     model.compile(optimizer, RNNTLoss(blank=0), jit_compile=False)
     optimizer.build(model.trainable_variables)
 
@@ -258,7 +262,7 @@ def train_phase(run: RunDir, phase: str, recipe, cfg: dict, data: ASRData, strat
         setup = methods.build(recipe, cfg, data, init, epochs, run.phase(phase))
         compile_model(setup.model, t["learning_rate"] if is_float else t["qat_learning_rate"],
                       int(t["warmup_epochs"] * data.steps_per_epoch) if is_float else 0,
-                      epochs * data.steps_per_epoch, t["clipnorm"])
+                      epochs * data.steps_per_epoch, t["clipnorm"], t.get("ema_momentum", 0.0))
         return setup.model, setup.callbacks, setup.info
 
     def facts(model):

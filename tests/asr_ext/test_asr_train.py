@@ -32,7 +32,8 @@ def tiny_args(tmp_path, *extra):
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_tiny_synthetic_run_float_and_qat(tmp_path):
-    out = run(tiny_args(tmp_path))
+    """A tiny synthetic ASR run, float then tanh4 QAT, with a weight average (config.train.ema_momentum)."""
+    out = run(tiny_args(tmp_path, "--config.train.ema_momentum=0.9"))
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
     assert set(metrics) == {"data", "float", "tanh4"}
