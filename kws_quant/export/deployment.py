@@ -76,8 +76,8 @@ def export_for_deployment(model, out_dir: str, calibration, test_windows, test_l
         absl_logging.set_verbosity(verbosity)
     if features is not None and split_front_end:
         for name in ("core.tflite", "stream_core.tflite"):
-            if os.path.exists(front_end_path(os.path.join(out_dir, name))):
-                path = front_end_path(os.path.join(out_dir, name))
+            path = front_end_path(os.path.join(out_dir, name))
+            if os.path.exists(path):
                 front = load_front_end(path)  # the log-mel settings beside what the frames go through
                 front.features = dataclasses.asdict(features)
                 front.save(path)

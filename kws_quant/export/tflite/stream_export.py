@@ -257,21 +257,20 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
     data, where = _patch(_convert(graph, whole=False), graph, int4)
     _verify(data, graph, where)
     path = _write(path, data)
+    runner = LiteRTStreamingModel(data)  # the bytes: its frames input as the file has it, no front end applied
     front_json = None
     if front is not None:
-        frames = make_interpreter(data).get_signature_runner("serving_default").get_input_details()["frames"]
-        if frames["dtype"] != np.int8:
+        if runner.frames_dtype != np.int8:
             raise UnsupportedModelError(f"split_front_end=True: model {graph.model.name!r} still has float ops "
                                         "before its input quantizer; only a per-mel batch-norm can move out")
         point = next(op for n in graph.nodes if isinstance(n, Chain) for op in n.ops if isinstance(op, FakeQuantOp))
+        scale, zero_point = runner.inputs["frames"]["quantization"]
         shape = (graph.window, graph.n_mels)
         front_json = FrontEnd([{"op": "affine", "layer": op.owner, "gain": op.gain.astype(np.float32).tolist(),
                                 "offset": op.offset.astype(np.float32).tolist()} for op in front], shape, shape,
-                              float(frames["quantization"][0]), int(frames["quantization"][1]),
-                              bool(point.narrow)).save(front_end_path(path))
+                              float(scale), int(zero_point), bool(point.narrow)).save(front_end_path(path))
     elif os.path.exists(front_end_path(path)):  # an earlier split export's, which this file must not be read with
         os.remove(front_end_path(path))
-    runner = LiteRTStreamingModel(path)
     meta = {"hop": graph.hop, "n_mels": graph.n_mels, "window": graph.window,
             "first_valid_step": graph.first_valid_step, "frames_dtype": np.dtype(runner.frames_dtype).name,
             "front_end": os.path.basename(front_json) if front_json else None,
