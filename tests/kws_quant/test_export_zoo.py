@@ -240,15 +240,14 @@ def test_export_cli_streaming(exported, tmp_path):
         run(["x", f"--model={model_path}", f"--out={tmp_path / 's.tflite'}", "--streaming", "--fold_pooling"])
 
 
-
-def test_split_front_end_streaming_export_has_int8_frames_and_no_float_op(exported, tmp_path):
+def test_split_front_end_streaming_export_has_int8_frames_and_no_float_op(exported, tmp_path, rng):
     """``split_front_end=True``: the per-mel ``bn_in`` moves to ``<name>.front_end.json``; the model takes the input
     quantizer's int8 codes, holds no float op, and streams the logits of the unsplit export (the same integer
     kernels after the same codes; the normalisation rounds once, in NumPy float32 instead of LiteRT's)."""
     from kws_quant.export.front_end import front_end_path, load_front_end
     from kws_quant.export.tflite import flatbuffer
 
-    model, rng = exported["model"], exported["rng"]
+    model = exported["model"]  # its own generator: the module fixture's is shared in test order
     calibration = data(rng, 96)[0]
     path = T.to_tflite_streaming(model, tmp_path / "core.tflite", calibration, split_front_end=True)
     front = load_front_end(front_end_path(path))
@@ -271,11 +270,11 @@ def test_split_front_end_streaming_export_has_int8_frames_and_no_float_op(export
 
 
 @pytest.mark.litert_bitexact
-def test_int4_streaming_export_packs_the_4bit_kernels_and_computes_the_int8_files_logits(exported, tmp_path):
+def test_int4_streaming_export_packs_the_4bit_kernels_and_computes_the_int8_files_logits(exported, tmp_path, rng):
     """``int4=True``: every 4-bit kernel (dense, conv, depthwise) is an INT4 tensor holding the same codes; without
     XNNPACK (which delegates only the int8 file's ops) LiteRT's kernels unpack them to the same int8 codes, so the
     logits and states equal the int8 file's bit for bit (integer arithmetic on both sides)."""
-    model, rng = exported["model"], exported["rng"]
+    model = exported["model"]
     calibration = data(rng, 96)[0]
     int8 = T.to_tflite_streaming(model, tmp_path / "s8.tflite", calibration)
     int4 = T.to_tflite_streaming(model, tmp_path / "s4.tflite", calibration, int4=True)
