@@ -55,6 +55,7 @@ def kws_config() -> ml_collections.ConfigDict:
     c.train.qat_learning_rate = 5e-4
     c.train.qat_init_from_float = True     # start QAT from the float model's weights
     c.train.ema_momentum = 0.0             # > 0: validate and keep the weights' moving average
+    c.train.seed = -1                      # initialisation, shuffling, augmentation; -1: config.seed (the split's)
     c.train.jit_compile = True             # XLA train step (QAT then costs what float costs)
 
     c.report = ml_collections.ConfigDict(dict(  # eval.report at the end of the run: streaming DET + memory

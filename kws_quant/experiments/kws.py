@@ -17,7 +17,7 @@ from kws_quant.features import FeatureConfig
 from kws_quant.models import KWSModelConfig, build_kws_model
 from kws_quant.data.from_config import SOURCES, hold_out_validation, load_manifest, oversample  # noqa: F401
 from kws_quant.experiments.training import (PhasePlan, RunDir, check_training_config, ptq_phase_name,  # noqa: F401
-                                            resumable_fit, run_phase, transfer_weights, write_json)
+                                            resumable_fit, run_phase, training_seed, transfer_weights, write_json)
 
 FLOAT_PHASE = "float"
 
@@ -70,7 +70,8 @@ def prepare_data(cfg: dict, skip_bad_files: bool = False) -> KWSData:
                                max_shift=int(d["max_shift_seconds"] * feats.sample_rate),
                                speed=tuple(d["speed"])) if d["augment"] else None
     common = dict(label_names=label_names, feature_cfg=feats, clip_seconds=d["clip_seconds"],
-                  batch_size=d["batch_size"], seed=cfg["seed"], skip_bad_files=skip_bad_files, trim_db=d["trim_db"],
+                  batch_size=d["batch_size"], seed=training_seed(cfg), skip_bad_files=skip_bad_files,
+                  trim_db=d["trim_db"],
                   cache=d["feature_cache"], cache_dir=d["feature_cache_dir"] or None)
     masks = d["spec_augment"]
     spec = kd.SpecAugmentConfig(**masks) if d["augment"] and (masks["time_masks"] or masks["freq_masks"]) else None
@@ -228,7 +229,7 @@ def run(cfg: dict, workdir: str, strategy="default", skip_bad_files: bool = Fals
     role = role_of(dist)
     check_config(cfg)
     run_dir = RunDir(worker_workdir(workdir, role))
-    keras.utils.set_random_seed(cfg["seed"])
+    keras.utils.set_random_seed(training_seed(cfg))
     data = prepare_data(cfg, skip_bad_files)
     run_dir.save_config(cfg)  # after the inputs were checked: a failed start does not block its corrected rerun
     float_model = train_phase(run_dir, FLOAT_PHASE, "float", cfg, data, dist, verbose=verbose)

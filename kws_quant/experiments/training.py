@@ -146,8 +146,18 @@ def check_training_config(cfg: dict, epoch_keys=("float_epochs", "stage1_epochs"
     ema = t.get("ema_momentum", 0.0)
     if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
         raise ValueError(f"config.train.ema_momentum={ema!r} must be a number in [0, 1) (0: no weight average)")
+    seed = t.get("seed", -1)
+    if not (integer(seed) and seed >= -1):
+        raise ValueError(f"config.train.seed={seed!r} must be an integer >= 0, or -1 (config.seed, the split's)")
     if not (integer(d["batch_size"]) and d["batch_size"] > 0):
         raise ValueError(f"config.data.batch_size={d['batch_size']!r} must be an integer > 0")
+
+
+def training_seed(cfg: dict) -> int:
+    """The seed of initialisation, shuffling and augmentation: ``config.train.seed``, or ``config.seed`` (which also
+    draws the data split) when it is -1 or absent. A second training seed on the same split is one changed field."""
+    seed = cfg["train"].get("seed", -1)
+    return cfg["seed"] if seed == -1 else seed
 
 
 class TrainingDiverged(ValueError):

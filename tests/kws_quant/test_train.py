@@ -158,6 +158,7 @@ def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
     ({"train": {"float_epochs": -2}}, "config.train.float_epochs=-2 must be an integer >= 0"),
     ({"data": {"feature_cache": "ram"}}, "config.data.feature_cache='ram' is not one of ['auto', 'memory', 'disk'"),
     ({"train": {"ema_momentum": 1.0}}, "config.train.ema_momentum=1.0 must be a number in [0, 1)"),
+    ({"train": {"seed": -2}}, "config.train.seed=-2 must be an integer >= 0, or -1"),
 ])
 def test_bad_config_values_are_refused_before_training(tmp_path, override, message):
     import re
@@ -171,6 +172,19 @@ def test_bad_config_values_are_refused_before_training(tmp_path, override, messa
     with pytest.raises(ValueError, match=re.escape(message)):
         kws_experiment.run(cfg, str(tmp_path / "run"), verbose=0)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_training_seed_is_the_split_seed_unless_set():
+    """``config.train.seed`` seeds initialisation, shuffling and augmentation; -1 (the default) is ``config.seed``, which
+    alone draws the split, so a second training seed keeps the same speakers in each split."""
+    from kws_quant.config_defaults import kws_config
+    from kws_quant.experiments.training import training_seed
+
+    cfg = kws_config().to_dict()
+    cfg["seed"] = 7
+    assert cfg["train"]["seed"] == -1 and training_seed(cfg) == 7
+    cfg["train"]["seed"] = 0
+    assert training_seed(cfg) == 0
 
 
 @pytest.mark.subprocess
