@@ -6,7 +6,8 @@ runs frame-synchronously with state in the streaming evaluation (``kws_quant.mod
 (80 epochs: the validation accuracy stops rising by then, docs/models.md), a 4-bit post-training baseline, and
 two-stage QAT twins at tanh 8/5/4 bits. Each QAT phase exports its streaming int8 LiteRT model
 (``kws_quant.export.deployment``: ``<phase>/export/stream_int8.tflite``, checked step by step against the Keras
-streaming model on the test clips); the CRNN's LSTM has no exact int8 form, so its phases record why they skip it.
+streaming model on the test clips); the CRNN's LSTM keeps its h/c state in float32 and its projections hybrid (int8
+weights), and it has no separate window file (its window is its stream over the window's hops).
 """
 import importlib.util
 import os

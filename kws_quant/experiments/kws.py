@@ -206,7 +206,7 @@ def export_phase(run: RunDir, phase: str, model, data: KWSData, ecfg) -> None:
                                        int4=ecfg["int4"], split_front_end=ecfg["split_front_end"],
                                        pack_presets=tuple(ecfg["pack_presets"]), output_margin=ecfg["output_margin"],
                                        features=data.features)
-    except UnsupportedModelError as e:  # e.g. the CRNN's LSTM: trained models are kept, said why
+    except UnsupportedModelError as e:  # e.g. a layer the export lacks: trained models are kept, said why
         print(f"deployment export skipped: {e}")
         run.update_metrics(phase, {"deployment": {"skipped": f"the LiteRT export does not support this model: {e}"}})
         return

@@ -5,7 +5,8 @@ Each op knows what it computes in the float ``tf.function`` graph the converter 
 :class:`ActivationOp` (ReLU/ReLU6), :class:`ShapeOp` (pooling, flatten, reshape, padding; a 'valid' average pooling
 after a quantizer becomes an int8 depthwise convolution), :class:`BatchNormOp` (before folding),
 :class:`AffineOp` (a batch-norm left in float), :class:`LinearOp` (dense/conv with exact integer codes and folded
-batch-norms) and :class:`FlattenOp`. Also :class:`UnsupportedModelError`, raised everywhere in the package.
+batch-norms) and :class:`FlattenOp`; :class:`LstmOp` is one step of a ``QuantLSTM`` cell. Also
+:class:`UnsupportedModelError`, raised everywhere in the package.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["ActivationOp", "AffineOp", "BatchNormOp", "FakeQuantOp", "FlattenOp", "LinearOp", "ShapeOp",
+__all__ = ["ActivationOp", "AffineOp", "BatchNormOp", "FakeQuantOp", "FlattenOp", "LinearOp", "LstmOp", "ShapeOp",
            "UnsupportedModelError"]
 
 
@@ -130,6 +131,7 @@ class LinearOp:
     in_gain: np.ndarray | None = None  # gain of a folded preceding BN, over input channels
     in_mean: np.ndarray | None = None  # that BN's moving mean (its expected input)
     out_gain: np.ndarray | None = None  # gain of a folded following BN, over output channels
+    hybrid: bool = False  # float input and output, int8 weights (an LSTM's projections; dynamic input quantization)
 
     @property
     def exact(self) -> bool:
@@ -201,3 +203,37 @@ class FlattenOp:
 
     def apply(self, x, quantize):
         return tf.reshape(x, [tf.shape(x)[0], -1])
+
+
+
+@dataclasses.dataclass
+class LstmOp:
+    """One step of a ``QuantLSTM`` (gate order i, f, g, o) for the streaming export. The two projections hold the
+    kernel's and the recurrent kernel's exact codes (``x_proj`` carries the bias) and become *hybrid*
+    ``FULLY_CONNECTED`` ops (int8 weights, float in and out); the gates and the cell state are computed in float, as
+    ``QuantLSTM`` computes them; the emitted ``h = o·tanh(c)`` is quantized on the layer's output quantizer's grid
+    (``output``), and the float ``h`` and ``c`` are the recurrent state, as in Keras."""
+
+    owner: str
+    units: int
+    x_proj: LinearOp  # kernel [in, 4H] and bias [4H]
+    h_proj: LinearOp  # recurrent kernel [H, 4H], no bias
+    input: FakeQuantOp | None  # the layer's input quantizer, when it has one
+    output: FakeQuantOp  # the output quantizer's grid (or a calibrated one)
+
+    def quant_points(self) -> list:
+        return ([self.input] if self.input else []) + [self.output]
+
+    def cell(self, x, h, c, quantize: bool, record: dict | None = None):
+        """``x [B, in]``, ``h, c [B, H]`` → ``(output, h, c)``: the emitted ``h`` on the output grid, and the float
+        ``h``, ``c`` the next step reads (as Keras feeds them back); ``record``: collect a calibrated output's input
+        by ``id``."""
+        if self.input is not None:
+            x = self.input.apply(x, quantize)
+        z = self.x_proj.apply(x, quantize) + self.h_proj.apply(h, quantize)
+        i, f, g, o = tf.split(z, 4, axis=-1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        if record is not None and self.output.role == "calibrated":
+            record.setdefault(id(self.output), []).append(h)
+        return self.output.apply(h, quantize), h, c

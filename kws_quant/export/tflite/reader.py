@@ -14,12 +14,12 @@ import numpy as np
 
 from kws_quant.export.front_end import FrontEnd
 from kws_quant.export.storage_plan import is_per_frame
-from kws_quant.export.tflite.ir import (ActivationOp, BatchNormOp, FakeQuantOp, LinearOp, ShapeOp,
+from kws_quant.export.tflite.ir import (ActivationOp, BatchNormOp, FakeQuantOp, LinearOp, LstmOp, ShapeOp,
                                         UnsupportedModelError)
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense,
-                              QuantDepthwiseConv1D, QuantLayer)
+                              QuantDepthwiseConv1D, QuantLayer, QuantLSTM)
 
-__all__ = ["read_chain", "read_ops", "split_front_end"]
+__all__ = ["read_chain", "read_lstm", "read_ops", "split_front_end"]
 
 _IDENTITY_LAYERS = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
                     keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout,
@@ -110,27 +110,33 @@ def _weight_value(layer, role: str, tensor, stage: int, cache: dict) -> np.ndarr
     return np.asarray(keras.ops.convert_to_numpy(tensor), np.float64)
 
 
+def _exact_codes(layer, role: str, ic) -> tuple[np.ndarray, np.ndarray]:
+    """``(int codes [..., out], float64 scale [out])`` of a weight role's :class:`IntegerCodes` as a symmetric int8
+    tensor stores them (a dorefa mid-rise grid as odd codes at half the scale)."""
+    sc = np.asarray(ic.scale, np.float64)
+    zp = np.broadcast_to(np.asarray(ic.zero_point, np.float64), sc.shape)
+    if np.all(zp == 0):
+        codes = ic.codes.astype(np.int64)
+    elif np.allclose(2 * zp, np.round(2 * zp)) and np.all(np.round(2 * zp) % 2 == 1):
+        # dorefa mid-rise grid: s·(n - (2^b-1)/2) = (s/2)·(2n - (2^b-1)): odd signed codes, half the scale
+        codes = 2 * ic.codes.astype(np.int64) - np.round(2 * zp).astype(np.int64)
+        sc = sc / 2.0
+    else:
+        raise UnsupportedModelError(f"layer {layer.name!r}: {role} quantizer {layer.quantizers[role]!r} has a "
+                                    "non-zero zero point; int8 TFLite weights must be symmetric")
+    if np.abs(codes).max(initial=0) > 127:
+        raise UnsupportedModelError(f"layer {layer.name!r}: {role} codes reach ±{np.abs(codes).max()}, beyond "
+                                    "int8's ±127")
+    scale = np.broadcast_to(sc.reshape(-1) if sc.size > 1 else sc.reshape(()), (codes.shape[-1],)).copy()
+    return codes, scale
+
+
 def _linear_op(layer, stage: int) -> LinearOp:
     cache, codes, bits = {}, None, None
     if _role_on(layer, "kernel", stage):
         cache.update(layer.quantized_weights())
-        ic = cache["kernel"]
-        sc = np.asarray(ic.scale, np.float64)
-        zp = np.broadcast_to(np.asarray(ic.zero_point, np.float64), sc.shape)
-        if np.all(zp == 0):
-            codes = ic.codes.astype(np.int64)
-        elif np.allclose(2 * zp, np.round(2 * zp)) and np.all(np.round(2 * zp) % 2 == 1):
-            # dorefa mid-rise grid: s·(n - (2^b-1)/2) = (s/2)·(2n - (2^b-1)): odd signed codes, half the scale
-            codes = 2 * ic.codes.astype(np.int64) - np.round(2 * zp).astype(np.int64)
-            sc = sc / 2.0
-        else:
-            raise UnsupportedModelError(f"layer {layer.name!r}: kernel quantizer {layer.quantizers['kernel']!r} has a "
-                                        "non-zero zero point; int8 TFLite weights must be symmetric")
-        if np.abs(codes).max(initial=0) > 127:
-            raise UnsupportedModelError(f"layer {layer.name!r}: kernel codes reach ±{np.abs(codes).max()}, beyond "
-                                        "int8's ±127")
+        codes, scale = _exact_codes(layer, "kernel", cache["kernel"])
         bits = layer.quantizers["kernel"].bits
-        scale = np.broadcast_to(sc.reshape(-1) if sc.size > 1 else sc.reshape(()), (codes.shape[-1],)).copy()
         kernel = codes * scale
     else:
         kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float64)
@@ -149,6 +155,30 @@ def _linear_op(layer, stage: int) -> LinearOp:
         conv = dict(strides=tuple(layer.strides), padding=layer.padding, dilation_rate=tuple(layer.dilation_rate))
     return LinearOp(layer.name, "conv" if conv else "dense", codes, bits, scale, kernel, np.asarray(bias, np.float64),
                    has_bias, conv)
+
+
+def read_lstm(layer, stage: int) -> LstmOp:
+    """A stage-2 ``QuantLSTM`` as an :class:`LstmOp` (a calibrated output grid, without a range yet, when the layer
+    has no output quantizer)."""
+    if not isinstance(layer, QuantLSTM):
+        raise UnsupportedModelError(f"layer {layer.name!r} ({type(layer).__name__}) is not a QuantLSTM")
+    missing = [role for role in ("kernel", "recurrent_kernel") if not _role_on(layer, role, stage)]
+    if missing:
+        raise UnsupportedModelError(f"layer {layer.name!r} (QuantLSTM): no quantizer on {', '.join(missing)}; the "
+                                    "int8 export writes the quantizers' codes. Build it with a quantization recipe "
+                                    "(e.g. 'tanh4')")
+    cache = dict(layer.quantized_weights())
+    proj = {}
+    for role in ("kernel", "recurrent_kernel"):
+        codes, scale = _exact_codes(layer, role, cache[role])
+        bias = _weight_value(layer, "bias", layer.bias, stage, cache) if role == "kernel" else np.zeros(len(scale))
+        proj[role] = LinearOp(f"{layer.name}/{role}", "dense", codes, layer.quantizers[role].bits, scale,
+                              codes * scale, np.asarray(bias, np.float64), role == "kernel", hybrid=True)
+    input_q = _data_fake_quant(layer, "input", True) if "input" in layer.quantizers else []
+    output = (_data_fake_quant(layer, "output", True) if "output" in layer.quantizers
+              else [FakeQuantOp(layer.name, "calibrated")])
+    return LstmOp(layer.name, int(layer.units), proj["kernel"], proj["recurrent_kernel"],
+                  input_q[0] if input_q else None, output[0])
 
 
 def _bn_op(layer, stage: int) -> BatchNormOp:

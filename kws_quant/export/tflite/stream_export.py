@@ -13,8 +13,7 @@ The streaming ``.tflite`` runs one hop per invoke. Signature ``serving_default``
 
 A stream starts from the zero state (every state tensor filled with its zero point: the float 0.0 the Keras
 :class:`~kws_quant.models.stream_state.StreamingModel` starts from); from step ``first_valid_step`` on, the logits
-are the window model's on the window ending at the current frame. There is no step counter: only an LSTM needs one,
-and LSTMs do not export (:mod:`kws_quant.export.tflite.stream_graph`). A ``<name>.stream.json`` next to the file
+are the window model's on the window ending at the current frame. A ``<name>.stream.json`` next to the file
 lists hop, window, ``first_valid_step`` and each state tensor's shape, scale and zero point, for hosts without a
 signature runner. :class:`LiteRTStreamingModel` runs the file step by step.
 
@@ -23,6 +22,17 @@ folded into its per-channel scales, codes negated on a channel whose gain is neg
 converter's and checked after reading the file back; biases are ``round(b / (s_in · s_w))`` on those scales; the
 activations and state tensors carry the Keras quantizers' own grids. Depthwise kernels are ``DEPTHWISE_CONV_2D``
 filters ``[1, 1, taps, channels]`` with per-channel scales on axis 3.
+
+A ``QuantLSTM`` (the CRNN) adds three **float32** state tensors, ``state_<i>_lstm_h`` and ``state_<i>_lstm_c`` (the
+recurrent state, which Keras keeps and feeds back in float) and ``state_<i>_lstm_step`` (a step count, 0 up to the
+step from which its input frames are real; until then the cell stays at its zero state, as the Keras stream's). Its
+two projections are *hybrid* ``FULLY_CONNECTED`` ops: int8 weights with the kernel's and the recurrent kernel's
+exact codes and per-unit scales, float inputs quantized per row as they come (``asymmetric_quantize_inputs``), float
+outputs; the gates and the cell update run in float, and the emitted ``h`` is quantized on the layer's output grid
+for the int8 layers after it. Measured on the trained CRNN (docs/models.md), an all-int8 cell (int8 gate
+pre-activations and cell state on calibrated grids) kept 20 % of the logits within one output step, and an int8
+``h`` fed back drifts from Keras' float recurrence; LiteRT's converter makes no int16 cell inside an int8 model.
+Its window form is its stream run over the window's hops (:func:`to_tflite_window` refuses it).
 """
 from __future__ import annotations
 
@@ -37,7 +47,7 @@ from kws_quant.export.front_end import FrontEnd, front_end_path, load_front_end
 from kws_quant.export.tflite import flatbuffer
 from kws_quant.export.tflite.ir import FakeQuantOp, UnsupportedModelError
 from kws_quant.export.tflite.runtime import make_interpreter, quantize_input
-from kws_quant.export.tflite.stream_graph import Chain, calibrate, read_stream_graph, stream_windows
+from kws_quant.export.tflite.stream_graph import Chain, Recurrent, calibrate, read_stream_graph, stream_windows
 
 __all__ = ["LiteRTStreamingModel", "check_streaming", "keras_stream_logits", "stream_metadata_path",
            "to_tflite_streaming", "to_tflite_window"]
@@ -60,8 +70,8 @@ class _StepModule(tf.Module):
             self.serve = tf.function(lambda w: {"logits": graph.whole(w)}, input_signature=spec)
             return
         specs = [tf.TensorSpec([1, graph.hop, graph.n_mels], tf.float32, "frames")] + [
-            tf.TensorSpec([1, b.frames, b.channels], tf.float32, b.name) for b in graph.buffers]
-        names = [b.name for b in graph.buffers]
+            tf.TensorSpec([1, *st.shape], tf.float32, st.name) for st in graph.states]
+        names = [st.name for st in graph.states]
 
         def serve(frames, *states):  # the signature's inputs are named after the specs
             logits, new = graph.step(frames, list(states))
@@ -103,9 +113,10 @@ def _match(m, sg, linear_ops) -> list:
             if int(np.prod(w_t.shape)) != codes.size:
                 continue
             axis = 3 if lin.kind == "depthwise" else 0
-            s = np.asarray(w_t.quantization.scale, np.float64)
+            q = w_t.quantization
+            s = np.asarray(q.scale if q is not None and q.scale is not None else [0.0], np.float64)  # 0: float
             s = s.reshape([-1 if a == axis else 1 for a in range(len(w_t.shape))]) if s.size > 1 else s
-            theirs = flatbuffer.tensor_values(m, w_t).astype(np.float64) * s
+            theirs = flatbuffer.tensor_values(m, w_t).astype(np.float64) * (s if s.max() > 0 else 1.0)
             err = np.max(np.abs(theirs - _layout(lin, mine, w_t.shape)))
             if err <= 1.01 * s.max() + 1e-6 * np.abs(mine).max(initial=0) and (best is None or err < best[0]):
                 best = (err, i)
@@ -144,20 +155,29 @@ def _patch(data: bytes, graph, int4: bool = False) -> tuple[bytes, list]:
     for i, lin in zip(where, linear_ops):
         op = sg.operators[i]
         in_t, w_t = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]]
-        if w_t.type != schema.TensorType.INT8 or in_t.type != schema.TensorType.INT8:
-            raise RuntimeError(f"{lin.owner}: the converter did not produce an int8 op")
+        want = schema.TensorType.FLOAT32 if lin.hybrid else schema.TensorType.INT8
+        if w_t.type != want or in_t.type != want:
+            raise RuntimeError(f"{lin.owner}: the converter did not produce an int8 op" if not lin.hybrid else
+                               f"{lin.owner}: the converter did not keep this projection in float")
         shared = {int(op.inputs[1])} | ({int(op.inputs[2])} if len(op.inputs) > 2 and op.inputs[2] >= 0 else set())
         if shared & used:
             raise RuntimeError(f"{lin.owner}: the converter shares a weight tensor between two ops; cannot patch")
         used |= shared
         codes, scale = lin.int8_weights()
         laid = _layout(lin, codes, w_t.shape)
-        if int4 and lin.bits <= 4 and laid.min(initial=0) >= -8 and laid.max(initial=0) <= 7:
+        if int4 and not lin.hybrid and lin.bits <= 4 and laid.min(initial=0) >= -8 and laid.max(initial=0) <= 7:
             m.buffers[w_t.buffer].data = flatbuffer.pack_int4(laid)  # LiteRT unpacks them to the same int8 codes
             w_t.type = schema.TensorType.INT4
         else:
             m.buffers[w_t.buffer].data = np.frombuffer(laid.astype(np.int8).tobytes(), np.uint8).copy()
         flatbuffer.set_quant(w_t, scale, axis=3 if lin.kind == "depthwise" else 0)
+        if lin.hybrid:  # int8 weights under a float op: LiteRT's hybrid kernel (inputs quantized per row)
+            w_t.type = schema.TensorType.INT8
+            op.builtinOptions.asymmetricQuantizeInputs = True
+            if len(op.inputs) > 2 and op.inputs[2] >= 0:
+                b_t = sg.tensors[op.inputs[2]]
+                m.buffers[b_t.buffer].data = np.frombuffer(lin.bias.astype(np.float32).tobytes(), np.uint8).copy()
+            continue
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             b_t = sg.tensors[op.inputs[2]]
             b_scale = float(in_t.quantization.scale[0]) * scale.astype(np.float64)
@@ -223,10 +243,10 @@ def _write(path, data) -> str:
 
 def to_tflite_streaming(model, path, representative_data=None, *, output_margin: float = 0.1,
                         quantize: bool = True, split_front_end: bool = False, int4: bool = False) -> str:
-    """Export the streaming form of a stage-2 QAT zoo model (``dscnn``, ``tcresnet``; any model that
+    """Export the streaming form of a stage-2 QAT zoo model (``dscnn``, ``tcresnet``, ``crnn``; any model that
     :func:`~kws_quant.models.stream_state.to_streaming` reads, built from convolutions, depthwise convolutions,
-    batch-norms, ReLU, residual ``Add`` and average pooling) to an int8 ``.tflite`` running one hop per invoke (the
-    module docstring has its inputs and outputs), plus ``<name>.stream.json``. Returns ``path``.
+    batch-norms, ReLU, residual ``Add``, average pooling and a ``QuantLSTM``) to an int8 ``.tflite`` running one hop
+    per invoke (the module docstring has its inputs and outputs), plus ``<name>.stream.json``. Returns ``path``.
 
     Args:
         model: a ``keras.Model`` or the path of a ``.keras`` file.
@@ -242,13 +262,13 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
             **int8** (the input quantizer's codes) and the model has no float op; a device normalises and quantizes
             each frame as it arrives (``FrontEnd.frames``). :class:`LiteRTStreamingModel` reads the file and takes
             float frames either way.
-        int4: store the kernels of ≤4-bit quantizers (dense, conv and depthwise) as packed INT4 tensors (two codes a
-            byte). LiteRT unpacks them to the same int8 codes: without XNNPACK the logits equal the int8 file's bit
+        int4: store the kernels of ≤4-bit quantizers (dense, conv and depthwise; an LSTM's hybrid projections stay
+            int8) as packed INT4 tensors (two codes a byte). LiteRT unpacks them to the same int8 codes: without XNNPACK the logits equal the int8 file's bit
             for bit; XNNPACK runs only the int8 file's ops, so with it the two differ by its rounding.
 
     Raises:
-        ValueError (:class:`UnsupportedModelError`): a layer with no int8 streaming form (named: a ``QuantLSTM``), a
-        model with no streaming form, a model not in QAT stage 2 or lacking quantizers (the layers listed).
+        ValueError (:class:`UnsupportedModelError`): a layer with no int8 streaming form (named), a model with no
+        streaming form, a model not in QAT stage 2 or lacking quantizers (the layers listed).
     """
     if not quantize:
         return _float(model, path, whole=False)
@@ -275,8 +295,8 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
             "first_valid_step": graph.first_valid_step, "frames_dtype": np.dtype(runner.frames_dtype).name,
             "front_end": os.path.basename(front_json) if front_json else None,
             "logits": dict(zip(("scale", "zero_point"), runner.output_grid)),
-            "states": [dict(name=b.name, shape=[1, b.frames, b.channels], scale=runner.state_grids[b.name][0],
-                            zero_point=runner.state_grids[b.name][1]) for b in graph.buffers]}
+            "states": [dict(name=st.name, shape=[1, *st.shape], scale=runner.state_grids[st.name][0],
+                            zero_point=runner.state_grids[st.name][1]) for st in graph.states]}
     with open(stream_metadata_path(path), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     return path
@@ -290,14 +310,27 @@ def to_tflite_window(model, path, representative_data=None, *, output_margin: fl
     if not quantize:
         return _float(model, path, whole=True)
     graph = _prepare(model, representative_data, output_margin)
+    _no_recurrent_window(graph)
     data, where = _patch(_convert(graph, whole=True), graph)
     _verify(data, graph, where)
     return _write(path, data)
 
 
+def _no_recurrent_window(graph) -> None:
+    recurrent = [n.op.owner for n in graph.nodes if isinstance(n, Recurrent)]
+    if recurrent:
+        steps = (graph.window - graph.window % graph.hop) // graph.hop
+        raise UnsupportedModelError(
+            f"model {graph.model.name!r}: layer {recurrent[0]!r} (QuantLSTM) reads the window from a zero state, so "
+            f"its window form is its streaming form run for the window's {steps} hops (the same ops, once each): "
+            "use to_tflite_streaming and LiteRTStreamingModel.run")
+
+
 def _float(model, path, whole: bool) -> str:
     """The float32 graph (no fake-quant; the weights the model uses at stage 2, batch-norms folded)."""
     graph = read_stream_graph(_load(model))
+    if whole:
+        _no_recurrent_window(graph)
     graph.quantize = False
     return _write(path, _convert(graph, whole=whole))
 
@@ -307,7 +340,8 @@ class LiteRTStreamingModel:
 
     ``state = m.initial_state()``; ``logits, state = m.step(frames, state)`` with ``frames [hop, n_mels]`` or
     ``[1, hop, n_mels]`` float; ``logits`` are dequantized float ``[classes]``, ``state`` a dict of int8 arrays
-    by input name, fed back as they come. ``inputs`` / ``outputs``: the signature's tensor details by name."""
+    (float32 for an LSTM's cell state and step count) by input name, fed back as they come. ``inputs`` /
+    ``outputs``: the signature's tensor details by name."""
 
     def __init__(self, model, num_threads: int = 1, xnnpack: bool = True, front_end: FrontEnd | None = None):
         self.interpreter = make_interpreter(model, num_threads=num_threads, xnnpack=xnnpack)
@@ -328,13 +362,16 @@ class LiteRTStreamingModel:
         logits = self.outputs["logits"]
         self.output_grid = (float(logits["quantization"][0]), int(logits["quantization"][1]))
         self.num_classes = int(logits["shape"][-1])
+        self.state_dtypes = {n: self.inputs[n]["dtype"] for n in self.state_names}
         for n in self.state_names:
-            if self.inputs[n]["dtype"] != np.int8 or self.outputs[f"{n}_next"]["dtype"] != np.int8:
-                raise UnsupportedModelError(f"state {n!r} is not an int8 tensor")
+            if self.state_dtypes[n] not in (np.int8, np.float32) or \
+                    self.outputs[f"{n}_next"]["dtype"] != self.state_dtypes[n]:
+                raise UnsupportedModelError(f"state {n!r} is not an int8 (or an LSTM cell's float32) tensor")
 
     def initial_state(self) -> dict:
         """Every state tensor at its zero point (the float 0.0 a Keras stream starts from)."""
-        return {n: np.full(self.state_shapes[n], self.state_grids[n][1], np.int8) for n in self.state_names}
+        return {n: np.full(self.state_shapes[n], self.state_grids[n][1], self.state_dtypes[n])
+                for n in self.state_names}
 
     def frames_input(self, frames) -> np.ndarray:
         """Float frames as the model takes them: through the front end of a split export (normalised, then the

@@ -9,6 +9,9 @@ execution order, each conv/pooling with the frames it buffers) into a small DAG 
   float affine op ahead of the input quantizer);
 - :class:`Buffer`: a state tensor: the last ``frames`` values of its source, concatenated before the new ones; it is
   quantized on its source's grid (an int8 state tensor of the LiteRT model);
+- :class:`Recurrent`: a ``QuantLSTM`` cell (:class:`~kws_quant.export.tflite.ir.LstmOp`) with three float32 state
+  tensors: ``h`` and ``c`` (as Keras feeds them back) and a step count that holds the cell at its zero state until
+  its input frames are real (the Keras ``StreamingModel``'s gate);
 - :class:`Join` (a residual ``Add``), :class:`Mean` (``GlobalAveragePooling1D`` over the buffered frames, as a
   depthwise convolution with weights ``1/T``: int32 sums, one rounding),
   :class:`Crop` (a crop at the start of time: the identity when streaming, a slice on a whole window).
@@ -32,10 +35,19 @@ import tensorflow as tf
 
 from kws_quant import qat
 from kws_quant.export.tflite import passes, reader
-from kws_quant.export.tflite.ir import AffineOp, FakeQuantOp, LinearOp, UnsupportedModelError
+from kws_quant.export.tflite.ir import AffineOp, FakeQuantOp, LinearOp, LstmOp, UnsupportedModelError
 from kws_quant.models.stream_state import NotStreamableError, to_streaming
 
-__all__ = ["Buffer", "Chain", "Crop", "Join", "Mean", "StreamGraph", "calibrate", "read_stream_graph"]
+__all__ = ["Buffer", "Chain", "Crop", "Join", "Mean", "Recurrent", "StateTensor", "StreamGraph", "calibrate",
+           "read_stream_graph"]
+
+
+@dataclasses.dataclass
+class StateTensor:
+    """One state input of the step (and its ``_next`` output): ``shape`` without the batch axis, int8 on ``grid``."""
+    name: str
+    shape: tuple
+    grid: FakeQuantOp | None  # None: a float32 tensor
 
 
 @dataclasses.dataclass
@@ -53,6 +65,33 @@ class Buffer:
     frames: int
     channels: int
     grid: FakeQuantOp  # the grid of the buffered values (their source's)
+
+
+@dataclasses.dataclass
+class Recurrent:
+    key: str
+    src: str
+    op: LstmOp
+    names: tuple  # the state tensors' names: h, c, step
+    gate: int  # the first step whose input frames are real (before it the cell keeps its zero state)
+
+    def states(self) -> list:
+        # float32, as Keras keeps them (a quantized h fed back drifts from Keras' recurrence); the step count 0..gate
+        return [StateTensor(name, shape, None) for name, shape in zip(self.names, [(self.op.units,)] * 2 + [(1,)])]
+
+    def step(self, x, states, quantize: bool, record: dict | None):
+        """``x [B, 1, in]`` and ``(h, c, step)`` → ``(h [B, H], new states)``; the state moves from ``gate`` on."""
+        h, c, count = states
+        out, h2, c2 = self.op.cell(x[:, -1], h, c, quantize, record)
+        on = tf.greater_equal(count, float(self.gate))
+        return out, [tf.where(on, h2, h), tf.where(on, c2, c), tf.minimum(count + 1.0, float(self.gate))]
+
+    def whole(self, x, quantize: bool):
+        """``x [B, T, in]`` from the zero state (every frame real) → the last ``h [B, H]``."""
+        out = h = c = tf.zeros((tf.shape(x)[0], self.op.units), tf.float32)
+        for t in range(int(x.shape[1])):
+            out, h, c = self.op.cell(x[:, t], h, c, quantize)
+        return out
 
 
 @dataclasses.dataclass
@@ -100,20 +139,32 @@ class StreamGraph:
         self.model, self.nodes, self.hop, self.n_mels = model, nodes, hop, n_mels
         self.window, self.first_valid_step = window, first_valid_step
         self.buffers = [n for n in nodes if isinstance(n, Buffer)]
+        self.states = [StateTensor(n.name, (n.frames, n.channels), n.grid) if isinstance(n, Buffer) else st
+                       for n in nodes if isinstance(n, (Buffer, Recurrent))
+                       for st in (n.states() if isinstance(n, Recurrent) else [None])]
         self.output = nodes[-1].key
         self.quantize = True  # False: the float graph (the float32 baseline export)
 
+    def _ops(self) -> list:
+        """Every op in graph order (an LSTM's projections, then its quantization points)."""
+        out = []
+        for n in self.nodes:
+            if isinstance(n, Chain):
+                out += n.ops
+            elif isinstance(n, Recurrent):
+                out += [n.op.x_proj, n.op.h_proj] + n.op.quant_points()
+        return out
+
     def linear_ops(self) -> list:
-        return [op for n in self.nodes if isinstance(n, Chain) for op in n.ops if isinstance(op, LinearOp)]
+        return [op for op in self._ops() if isinstance(op, LinearOp)]
 
     def quant_points(self) -> list:
         """Every fake-quant point with a range (the Keras quantizers' and the calibrated ones)."""
-        return [op for n in self.nodes if isinstance(n, Chain) for op in n.ops
-                if isinstance(op, FakeQuantOp) and op.lo is not None]
+        return [op for op in self._ops() if isinstance(op, FakeQuantOp) and op.lo is not None]
 
     def calibration_points(self) -> list:
-        return [op for n in self.nodes if isinstance(n, Chain) for op in n.ops
-                if isinstance(op, FakeQuantOp) and op.role == "calibrated"]
+        return list({id(op): op for op in self._ops()
+                     if isinstance(op, FakeQuantOp) and op.role == "calibrated"}.values())
 
     def split_front_end(self) -> list:
         """Take the float affine ops (the per-mel ``bn_in``) off the start of the graph and return them: the graph
@@ -125,7 +176,7 @@ class StreamGraph:
         return taken
 
     def initial_state(self, batch_size: int = 1) -> list:
-        return [tf.zeros((batch_size, b.frames, b.channels), tf.float32) for b in self.buffers]
+        return [tf.zeros((batch_size, *st.shape), tf.float32) for st in self.states]
 
     def _run(self, x, states, whole: bool, record: dict | None):
         values, new, i = {}, [], 0
@@ -142,6 +193,13 @@ class StreamGraph:
                     y = tf.concat([node.grid.apply(states[i], self.quantize), y], axis=1)
                     new.append(y[:, -node.frames:])
                     i += 1
+            elif isinstance(node, Recurrent):
+                if whole:
+                    y = node.whole(values[node.src], self.quantize)
+                else:
+                    y, states_next = node.step(values[node.src], states[i:i + 3], self.quantize, record)
+                    new += states_next
+                    i += 3
             elif isinstance(node, Join):
                 y = values[node.srcs[0]]
                 for k in node.srcs[1:]:
@@ -188,15 +246,6 @@ def read_stream_graph(model) -> StreamGraph:
                                     "(inputs and activations quantized, with trained ranges). Train it through stage "
                                     "2, or kws_quant.qat.set_stage(model, 2) if it was trained there.")
     plan = stream.plan
-    for node in plan:
-        if node.kind == "lstm":
-            raise UnsupportedModelError(
-                f"layer {node.layer.name!r} ({type(node.layer).__name__}) has no int8 LiteRT form with the "
-                "quantizers' exact codes: LiteRT's integer LSTM kernels (UNIDIRECTIONAL_SEQUENCE_LSTM, LSTM) take "
-                "one weight scale per gate matrix (per tensor, where the tanh recipes give one per gate unit), keep "
-                "the cell state in int16 and quantize every gate's pre-activation and output on grids of their "
-                "own, where QuantLSTM computes its gates and state in float. Export the convolutional zoo models "
-                "(dscnn, tcresnet), or run this model with kws_quant.models.stream_state (Keras)")
     alias = {}
     for node in plan:
         if node.kind == "identity" and node.layer.cropping[0] == 0:
@@ -219,6 +268,8 @@ def read_stream_graph(model) -> StreamGraph:
             return node.ops[-1]
         if isinstance(node, (Buffer, Crop)):
             return grid_of(node.src)
+        if isinstance(node, Recurrent):
+            return node.op.output
         return None
 
     def quantized(key, owner):
@@ -231,11 +282,14 @@ def read_stream_graph(model) -> StreamGraph:
             return key
         return add(Chain(f"{key}/quantized", key, [_calibrated(owner)]))
 
+    def state_count():
+        return sum(1 if isinstance(n, Buffer) else 3 for n in nodes if isinstance(n, (Buffer, Recurrent)))
+
     def buffered(key, pnode):
         if not pnode.state[0]:
             return key
         key = quantized(key, pnode.layer.name)
-        name = f"state_{sum(isinstance(n, Buffer) for n in nodes):02d}_{pnode.layer.name}"  # sorts in graph order
+        name = f"state_{state_count():02d}_{pnode.layer.name}"  # sorts in graph order
         return add(Buffer(f"{pnode.output}/buffered", key, name, int(pnode.state[0]), int(pnode.state[1]),
                           grid_of(key)))
 
@@ -250,6 +304,15 @@ def read_stream_graph(model) -> StreamGraph:
             add(Crop(out, ins[0], int(layer.cropping[0])))
         elif pnode.kind == "conv":
             add(Chain(out, buffered(ins[0], pnode), _layer_ops(layer, stage)))
+        elif pnode.kind == "lstm":
+            try:
+                op = reader.read_lstm(layer, stage)
+            except UnsupportedModelError as e:
+                raise UnsupportedModelError(f"{e} (streaming export)") from None
+            i = state_count()
+            add(Recurrent(out, quantized(ins[0], layer.name), op,
+                          tuple(f"state_{i + k:02d}_{layer.name}_{part}" for k, part in enumerate(("h", "c", "step"))),
+                          int(pnode.gate)))
         elif pnode.kind == "pool":
             mean = add(Mean(f"{out}/mean", buffered(ins[0], pnode)))
             add(Chain(out, mean, [_calibrated(layer.name)]))
@@ -305,14 +368,16 @@ def stream_windows(graph: StreamGraph, windows: np.ndarray):
 
 def calibrate(graph: StreamGraph, windows, margin: float) -> None:
     """Set the range of every calibrated quantization point: streamed over ``windows`` from zero state, the min/max
-    of its input over the steps from ``first_valid_step`` on, widened by ``margin`` of the span on each side (and
+    of its input over the steps from ``first_valid_step`` on (from an LSTM's gate on, when earlier), widened by ``margin`` of the span on each side (and
     to contain 0). Points are set in graph order, each seeing the ones before it quantized."""
     points = graph.calibration_points()
     hops = stream_windows(graph, windows)
+    # an LSTM's output grid sees every step from its gate on (its state at the window's end depends on all of them)
+    start = min([graph.first_valid_step] + [n.gate for n in graph.nodes if isinstance(n, Recurrent)])
     for point in points:
         record, states = {}, graph.initial_state(hops.shape[1])
         for t, frames in enumerate(hops):
-            _, states = graph.step(frames, states, record if t >= graph.first_valid_step else None)
+            _, states = graph.step(frames, states, record if t >= start else None)
         vals = np.concatenate([np.asarray(v).ravel() for v in record[id(point)]])
         lo, hi = float(vals.min()), float(vals.max())
         span = max(hi - lo, 1e-6)
