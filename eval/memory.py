@@ -104,8 +104,9 @@ def project_memory(model, preset="arm-neon", word_bits: int | None = None, packe
 
 
 def streaming_state_bytes(model, word_bits: int = 8) -> int | None:
-    """Bytes of the state of :func:`kws_quant.models.stream_state.to_streaming` ``(model)`` (its buffers and LSTM
-    state, at the activation quantizers' widest bits, 32 for a float model, in ``word_bits`` words), or ``None`` when
+    """Bytes of the state of :func:`kws_quant.models.stream_state.to_streaming` ``(model)`` (its buffers at the
+    activation quantizers' widest bits, 32 for a float model, and an LSTM's float32 ``h`` and ``c``, in
+    ``word_bits`` words), or ``None`` when
     the model has no frame-synchronous form (it streams on a sliding window: ``stream_buffer_bytes``)."""
     from kws_quant.layers import QuantActivation
     from kws_quant.models.stream_state import NotStreamableError, to_streaming
@@ -119,7 +120,13 @@ def streaming_state_bytes(model, word_bits: int = 8) -> int | None:
     bits = [layer.quantizers["output"].bits for layer in quant_layers(model)
             if isinstance(layer, QuantActivation) and "output" in layer.quantizers]
     value_bits = max(bits) if bits else FLOAT_BITS
-    return sum(segment_nbytes(int(np.prod(shape)), value_bits, word_bits) for shape in stream.state_shapes[:-1])
+    total = 0
+    for node in stream.plan:
+        if node.kind == "lstm":  # QuantLSTM keeps h and c in float (Keras and the LiteRT export alike)
+            total += 2 * segment_nbytes(int(node.state[1]), FLOAT_BITS, word_bits)
+        elif node.kind in ("conv", "pool") and node.state[0]:
+            total += segment_nbytes(int(np.prod(node.state)), value_bits, word_bits)
+    return total
 
 
 def _elements(shape: tuple, what: str) -> int:

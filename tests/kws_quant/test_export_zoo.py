@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import kws_quant  # noqa: F401  (registers the layers)
+from eval.memory import streaming_state_bytes
 from kws_quant import qat
 from kws_quant.export import tflite as T
 from kws_quant.export.deployment import export_for_deployment
@@ -185,6 +186,8 @@ def test_crnn_streams_with_hybrid_lstm_projections_and_a_float_cell(tmp_path, rn
     names = runner.state_names
     assert [n.rsplit("_", 1)[-1] for n in names[-3:]] == ["h", "c", "step"]
     assert [runner.state_dtypes[n] for n in names] == [np.int8] * (len(names) - 3) + [np.float32] * 3
+    # the memory projection counts what the file keeps (plus the step count)
+    assert sum(v.nbytes for v in runner.initial_state().values()) == streaming_state_bytes(model) + 4
     hops = rng.normal(size=(100, runner.hop, runner.n_mels)).astype("float32")
     lite, ref = runner.run(hops), keras_stream_logits(model, hops)
     err = np.abs(lite - ref) / runner.output_grid[0]
@@ -198,9 +201,15 @@ def test_crnn_streams_with_hybrid_lstm_projections_and_a_float_cell(tmp_path, rn
     check = check_streaming(model, path, x)  # a window streamed from its first frame: the window model's logits
     np.testing.assert_allclose(check["keras_last"], model(x, training=False).numpy(), atol=1e-4)
     assert check["within_one_step"] >= 0.95 and check["argmax_agreement"] >= 0.9, check["within_one_step"]
-    p4 = T.to_tflite_streaming(model, tmp_path / "c4.tflite", data(rng, 96)[0], int4=True)
-    types = {tuple(d["weights"].shape): d["weight_type"] for d in T.read_linear_ops(p4)}
+    # the training run's deployment step: INT4 (the LSTM's hybrid projections stay int8), split front end, payload
+    x, y = data(rng, 24)
+    out = export_for_deployment(model, str(tmp_path / "dep"), data(rng, 64)[0], x, y, pack_presets=("nna-5bit",))
+    assert out["form"] == "streaming" and out["within_one_step"] >= 0.95 and out["core_within_one_step"] >= 0.95
+    assert out["window_bytes"] is None and "QuantLSTM" in out["window_skipped"]
+    types = {tuple(d["weights"].shape): d["weight_type"]
+             for d in T.read_linear_ops(tmp_path / "dep" / "stream_int4.tflite")}
     assert types[weights["kernel"].codes.shape[::-1]] == "INT8" and "INT4" in types.values()
+    assert out["int4_within_one_step"] >= 0.95 and out["packed_bytes"]["nna-5bit"] > 0
     with pytest.raises(T.UnsupportedModelError, match=r"layer 'lstm' \(QuantLSTM\) reads the window from a zero "
                                                       r"state.*use to_tflite_streaming"):
         T.to_tflite_window(model, tmp_path / "w.tflite", x)

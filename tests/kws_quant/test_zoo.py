@@ -196,6 +196,10 @@ def test_memory_projection_counts_the_streaming_state():
     assert project_memory(model, "arm-neon").attrs["summary"]["streaming_state_bytes"] == values
     dnn = build_kws_model(KWSModelConfig(window_frames=40, n_mels=8, hidden=(16,)), 4, "tanh4")
     assert streaming_state_bytes(dnn) is None
+    crnn = small_model("crnn", "tanh4")  # the LSTM's h and c stay float32 (QuantLSTM and its LiteRT export)
+    shapes = to_streaming(crnn).state_shapes[:-1]
+    units = crnn.get_layer("lstm").units
+    assert streaming_state_bytes(crnn) == sum(int(np.prod(s)) for s in shapes) - 2 * units + 2 * 4 * units
 
 
 @pytest.mark.parametrize("arch", ZOO_ARCHS)
