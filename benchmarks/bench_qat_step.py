@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
                    help="XLA-compile the train step (Keras compile(jit_compile=...)); 'both' measures each")
     p.add_argument("--breakdown", action="store_true",
                    help="also time XLA stage-2 models with one group of roles quantized (where the extra time goes)")
+    p.add_argument("--groups", default="",
+                   help="with --breakdown: the groups to time, comma-separated (kernel, input, activation, "
+                        "bias + batch-norm, current); empty: all")
     return p
 
 
@@ -75,10 +78,16 @@ def main():
         models.update({f"float{tag}": make("float", jit=jit), f"tanh4 stage 1{tag}": make("tanh4", 1, jit),
                        f"tanh4 stage 2{tag}": make("tanh4", 2, jit)})
     if args.breakdown:
+        groups = [g.strip() for g in args.groups.split(",") if g.strip()] or [*BREAKDOWN, "current"]
+        unknown = sorted(set(groups) - set(BREAKDOWN) - {"current"})
+        if unknown:
+            raise SystemExit(f"--groups: unknown group(s) {unknown}; known: {', '.join([*BREAKDOWN, 'current'])}")
         for group, roles in BREAKDOWN.items():
-            models[f"only {group}, XLA"] = make(only(roles), 2, True)
-        models["only activation (range='current'), XLA"] = make(
-            only(("output",), output="linear(bits=8, range='current')"), 2, True)
+            if group in groups:
+                models[f"only {group}, XLA"] = make(only(roles), 2, True)
+        if "current" in groups:
+            models["only activation (range='current'), XLA"] = make(
+                only(("output",), output="linear(bits=8, range='current')"), 2, True)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     steps = {}
     for name, m in models.items():  # compile and warm up: the first fit traces

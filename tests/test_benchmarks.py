@@ -27,10 +27,13 @@ def test_qat_step_xla_with_breakdown():
     """--jit on used to crash with KeyError: 'float' (its ratio baseline, the non-XLA float step, is not measured
     then). --jit off builds the same three models with jit_compile=False; the tiny run of the zoo and training tests
     cover that path."""
-    out = bench("bench_qat_step.py", "--batch", "4", "--rounds", "1", "--steps", "1", "--jit", "on", "--breakdown")
+    out = bench("bench_qat_step.py", "--batch", "4", "--rounds", "1", "--steps", "1", "--jit", "on", "--breakdown",
+                "--groups", "kernel")  # one breakdown model: each costs an XLA compilation
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| tanh4 stage 2")]
     assert len(rows) == 1 and rows[0].count("|") == 6
+    assert [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith("| only")] == \
+        ["only kernel, XLA"]
 
 
 def test_rnnt_loss_tiny():
