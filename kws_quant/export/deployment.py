@@ -32,13 +32,12 @@ streaming model (``within_one_step`` over the logits of every step; accuracies f
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
 
 from kws_quant.export import tflite as T
-from kws_quant.export.front_end import front_end_path, load_front_end
+from kws_quant.export.front_end import load_front_end
 
 __all__ = ["export_for_deployment"]
 
@@ -72,18 +71,10 @@ def export_for_deployment(model, out_dir: str, calibration, test_windows, test_l
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.WARNING)  # the converter logs every SavedModel it writes at INFO
     try:
-        out = _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
-                      output_margin)
+        return _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
+                       output_margin, features)
     finally:
         absl_logging.set_verbosity(verbosity)
-    if features is not None and split_front_end:
-        for name in ("core.tflite", "stream_core.tflite"):
-            path = front_end_path(os.path.join(out_dir, name))
-            if os.path.exists(path):
-                front = load_front_end(path)  # the log-mel settings beside what the frames go through
-                front.features = dataclasses.asdict(features)
-                front.save(path)
-    return out
 
 
 def _packed(model, out_dir, pack_presets) -> dict:
@@ -94,7 +85,7 @@ def _packed(model, out_dir, pack_presets) -> dict:
 
 
 def _export_stream(model, out_dir, calibration, x, test_labels, int4, split_front_end, pack_presets,
-                   output_margin) -> dict:
+                   output_margin, features) -> dict:
     from kws_quant.export.tflite.stream_export import check_streaming
 
     out = {"form": "streaming", "test_windows": int(len(x))}
@@ -132,7 +123,7 @@ def _export_stream(model, out_dir, calibration, x, test_labels, int4, split_fron
             os.remove(p4)
     if split_front_end:  # checked like the stream: float frames through its front end, then the int8 model
         core = T.to_tflite_streaming(model, os.path.join(out_dir, "stream_core.tflite"), calibration,
-                                     output_margin=output_margin, split_front_end=True)
+                                     output_margin=output_margin, split_front_end=True, features=features)
         out.update(core_bytes=os.path.getsize(core),
                    core_within_one_step=check_streaming(model, core, x)["within_one_step"])
     out["packed_bytes"] = _packed(model, out_dir, pack_presets)
@@ -140,13 +131,13 @@ def _export_stream(model, out_dir, calibration, x, test_labels, int4, split_fron
 
 
 def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_front_end, pack_presets,
-            output_margin) -> dict:
+            output_margin, features) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     from kws_quant.models.stream_state import is_streamable
 
     if is_streamable(model):
         return _export_stream(model, out_dir, calibration, np.asarray(test_windows, np.float32), test_labels,
-                              int4, split_front_end, pack_presets, output_margin)
+                              int4, split_front_end, pack_presets, output_margin, features)
     x = np.asarray(test_windows, np.float32)
     keras_logits = np.concatenate([np.asarray(model(x[i:i + 512], training=False)) for i in range(0, len(x), 512)])
     out = {"test_windows": int(len(x))}
@@ -178,7 +169,8 @@ def _export(model, out_dir, calibration, test_windows, test_labels, int4, split_
             os.remove(p4)
     out["core_bytes"] = out["core_within_one_step"] = None
     if split_front_end:
-        core = T.to_tflite(model, os.path.join(out_dir, "core.tflite"), calibration, split_front_end=True, **kw)
+        core = T.to_tflite(model, os.path.join(out_dir, "core.tflite"), calibration, split_front_end=True,
+                           features=features, **kw)
         core_err = np.abs(T.run_tflite(core, load_front_end(core).apply(x)) - keras_logits) / T.output_step(core)
         out["core_bytes"], out["core_within_one_step"] = os.path.getsize(core), float(np.mean(core_err <= 1.0))
     out["packed_bytes"] = _packed(model, out_dir, pack_presets)

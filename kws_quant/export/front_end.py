@@ -23,9 +23,18 @@ import os
 
 import numpy as np
 
-__all__ = ["FrontEnd", "front_end_path", "load_front_end", "quantize_codes"]
+__all__ = ["FrontEnd", "features_dict", "front_end_path", "load_front_end", "quantize_codes"]
 
 FORMAT = "kws_quant.front_end/1"
+
+
+def features_dict(features) -> dict | None:
+    """``FrontEnd.features`` from a :class:`kws_quant.features.FeatureConfig`, its dict, or ``None``."""
+    if features is None or isinstance(features, dict):
+        return features
+    if dataclasses.is_dataclass(features):
+        return dataclasses.asdict(features)
+    raise TypeError(f"features must be a FeatureConfig or a dict, got {type(features).__name__}")
 
 
 def quantize_codes(x, scale: float, zero_point: int, narrow_range: bool = False) -> np.ndarray:

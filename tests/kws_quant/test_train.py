@@ -122,6 +122,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     export = tmp_path / "run" / "tanh4" / "export"
     for name in ("int8.tflite", "int4.tflite", "core.tflite", "core.front_end.json", "nna-5bit/payload.bin"):
         assert (export / name).exists(), name
+    with open(export / "core.front_end.json", encoding="utf-8") as f:  # the run's log-mel settings, for a device
+        assert json.load(f)["features"] == {**config["features"], "fmax": None}  # (fmax: FeatureConfig's default)
     d = metrics["tanh4"]["deployment"]
     # (a logit beyond the range calibrated on training/validation windows saturates: a few clips here)
     assert d["within_one_step"] >= 0.9 and d["core_within_one_step"] == d["within_one_step"], d

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from kws_quant import qat
-from kws_quant.export.front_end import front_end_path
+from kws_quant.export.front_end import features_dict, front_end_path
 from kws_quant.export.tflite import flatbuffer, graph, passes, reader
 from kws_quant.export.tflite.ir import FakeQuantOp, ShapeOp, UnsupportedModelError
 from kws_quant.export.tflite.runtime import make_interpreter
@@ -21,7 +21,7 @@ __all__ = ["to_tflite", "to_tflite_float"]
 
 def to_tflite(model, path, representative_data=None, *, quantize: bool = True, io_dtype: str = "auto",
               int4: bool = False, fold_pooling: bool = False, output_margin: float = 0.1,
-              batch_size: int = 1, strip_names: bool = False, split_front_end: bool = False) -> str:
+              batch_size: int = 1, strip_names: bool = False, split_front_end: bool = False, features=None) -> str:
     """Export a Keras model to a ``.tflite`` file and return ``path``. Missing parent directories of ``path`` are
     created.
 
@@ -55,6 +55,8 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
             model into a :class:`~kws_quant.export.front_end.FrontEnd` written to ``<name>.front_end.json``
             (:mod:`kws_quant.export.front_end`): an int8 export then takes the int8 output of the input quantizer
             (``FrontEnd.apply(windows)``) and has no float ops; a float export takes the front end's float output.
+        features: with ``split_front_end``, the log-mel settings the windows are computed with
+            (:class:`kws_quant.features.FeatureConfig` or its dict), written into the front-end file.
 
     Raises:
         ValueError (:class:`UnsupportedModelError`): an unsupported layer (named) or topology; for int8 export, a
@@ -71,7 +73,7 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
         raise ValueError(f"output_margin={output_margin!r} must be in [0, 1]")
     try:
         return _to_tflite(model, path, representative_data, quantize, io_dtype, int4, fold_pooling, output_margin,
-                          batch_size, strip_names, split_front_end)
+                          batch_size, strip_names, split_front_end, features)
     except UnsupportedModelError as e:
         if is_streamable(model):
             raise UnsupportedModelError(f"{e}. Model {model.name!r} has a streaming form: export it with "
@@ -80,7 +82,7 @@ def to_tflite(model, path, representative_data=None, *, quantize: bool = True, i
 
 
 def _to_tflite(model, path, representative_data, quantize, io_dtype, int4, fold_pooling, output_margin, batch_size,
-               strip_names, split_front_end) -> str:
+               strip_names, split_front_end, features) -> str:
     layers = reader.read_chain(model)
     input_shape = [batch_size] + list(model.inputs[0].shape[1:])
     if any(d is None for d in input_shape):
@@ -148,6 +150,7 @@ def _to_tflite(model, path, representative_data, quantize, io_dtype, int4, fold_
         if details["dtype"] == np.int8:
             front.scale, front.zero_point = float(details["quantization"][0]), int(details["quantization"][1])
             front.narrow_range = bool(next(o for o in ops if isinstance(o, FakeQuantOp)).narrow)
+        front.features = features_dict(features)
         front.save(front_end_path(path))
     return path
 

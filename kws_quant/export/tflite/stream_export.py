@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kws_quant.export.front_end import FrontEnd, front_end_path, load_front_end
+from kws_quant.export.front_end import FrontEnd, features_dict, front_end_path, load_front_end
 from kws_quant.export.tflite import flatbuffer
 from kws_quant.export.tflite.ir import FakeQuantOp, UnsupportedModelError
 from kws_quant.export.tflite.runtime import make_interpreter, quantize_input
@@ -242,7 +242,8 @@ def _write(path, data) -> str:
 
 
 def to_tflite_streaming(model, path, representative_data=None, *, output_margin: float = 0.1,
-                        quantize: bool = True, split_front_end: bool = False, int4: bool = False) -> str:
+                        quantize: bool = True, split_front_end: bool = False, int4: bool = False,
+                        features=None) -> str:
     """Export the streaming form of a stage-2 QAT zoo model (``dscnn``, ``tcresnet``, ``crnn``; any model that
     :func:`~kws_quant.models.stream_state.to_streaming` reads, built from convolutions, depthwise convolutions,
     batch-norms, ReLU, residual ``Add``, average pooling and a ``QuantLSTM``) to an int8 ``.tflite`` running one hop
@@ -262,6 +263,8 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
             **int8** (the input quantizer's codes) and the model has no float op; a device normalises and quantizes
             each frame as it arrives (``FrontEnd.frames``). :class:`LiteRTStreamingModel` reads the file and takes
             float frames either way.
+        features: with ``split_front_end``, the log-mel settings the frames are computed with
+            (:class:`kws_quant.features.FeatureConfig` or its dict), written into the front-end file.
         int4: store the kernels of ≤4-bit quantizers (dense, conv and depthwise; an LSTM's hybrid projections stay
             int8) as packed INT4 tensors (two codes a byte). LiteRT unpacks them to the same int8 codes: without XNNPACK the logits equal the int8 file's bit
             for bit; XNNPACK runs only the int8 file's ops, so with it the two differ by its rounding.
@@ -288,7 +291,8 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
         shape = (graph.window, graph.n_mels)
         front_json = FrontEnd([{"op": "affine", "layer": op.owner, "gain": op.gain.astype(np.float32).tolist(),
                                 "offset": op.offset.astype(np.float32).tolist()} for op in front], shape, shape,
-                              float(scale), int(zero_point), bool(point.narrow)).save(front_end_path(path))
+                              float(scale), int(zero_point), bool(point.narrow),
+                              features_dict(features)).save(front_end_path(path))
     elif os.path.exists(front_end_path(path)):  # an earlier split export's, which this file must not be read with
         os.remove(front_end_path(path))
     meta = {"hop": graph.hop, "n_mels": graph.n_mels, "window": graph.window,
