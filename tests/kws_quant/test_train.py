@@ -60,7 +60,9 @@ def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
     """Killed right after the backup of epoch 2 of 3 was written, then started again with the same command: it
     resumes at epoch 3 and the history has every epoch exactly once. Damaged run files in between: one error line
     naming the file, exit status 2."""
-    args = tiny_args(tmp_path, "--config.report.enabled=False", "--config.export.enabled=False", float_epochs=3)
+    # float only (no QAT phase: the resume logic is the one phase loop's, tested once here)
+    args = tiny_args(tmp_path, "--config.report.enabled=False", "--config.export.enabled=False",
+                     "--config.qat.recipes=()", float_epochs=3)
     phase = tmp_path / "run" / "float"
     killed = run([sys.executable, "-c", KILL_HOOK, *args[3:]])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -87,19 +89,18 @@ def test_killed_run_resumes_without_losing_a_completed_epoch(tmp_path):
     assert int(out.stdout.split("Epoch ")[1].split("/")[0]) == KILL_AFTER + 1  # Keras counts from 1
     assert history_epochs(phase / "history.csv") == [0, 1, 2]  # every epoch exactly once, none lost
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
-    assert set(metrics) == {"float", "tanh4"} and metrics["tanh4"]["stage"] == 2
-    assert len(metrics["float"]["history"]["loss"]) == 3
+    assert set(metrics) == {"float"} and len(metrics["float"]["history"]["loss"]) == 3
     assert not (phase / "backup").exists()
 
     # finished phases are not trained again; a damaged model file is one line naming it (Keras said "File not
     # found" about a file that exists)
-    model = tmp_path / "run" / "tanh4" / "model.keras"
+    model = phase / "model.keras"
     model.write_bytes(model.read_bytes()[:1000])
     again = run(args)
     assert again.returncode == 2 and "Epoch 1/" not in again.stdout and "Traceback" not in again.stderr
     assert again.stderr.strip().splitlines()[-1] == (
         f"error: {model}: not a readable Keras model file: not a zip archive (truncated or overwritten?); delete "
-        "it to train phase 'tanh4' again (from its first epoch)")
+        "it to train phase 'float' again (from its first epoch)")
 
 
 @pytest.mark.subprocess
