@@ -178,8 +178,8 @@ def test_bad_config_values_are_refused_before_training(tmp_path, override, messa
 
 
 def test_training_seed_is_the_split_seed_unless_set():
-    """``config.train.seed`` seeds initialisation, shuffling and augmentation; -1 (the default) is ``config.seed``, which
-    alone draws the split, so a second training seed keeps the same speakers in each split."""
+    """``config.train.seed`` seeds initialisation, shuffling and augmentation; -1 (the default) is ``config.seed``,
+    which alone draws the split, so a second training seed keeps the same speakers in each split."""
     from kws_quant.config_defaults import kws_config
     from kws_quant.experiments.training import training_seed
 

@@ -80,9 +80,9 @@ inference) and :mod:`~kws_quant.export.tflite.fixed_point` (TFLite's integer req
 lookup tables, which :mod:`asr_ext.quant.nna` emulates with).
 
 Streaming zoo models (``dscnn``, ``tcresnet``, ``crnn``: residual adds, depthwise convolutions, buffers, an LSTM)
-are not chains: :func:`to_tflite_streaming` exports their frame-synchronous form (one hop in, logits and int8 state tensors out,
-the same exact codes; depthwise kernels as ``DEPTHWISE_CONV_2D``) and :func:`to_tflite_window` the same ops over a
-whole window; :class:`LiteRTStreamingModel` runs a streaming file step by step.
+are not chains: :func:`to_tflite_streaming` exports their frame-synchronous form (one hop in, logits and int8
+state tensors out, the same exact codes; depthwise kernels as ``DEPTHWISE_CONV_2D``) and :func:`to_tflite_window`
+the same ops over a whole window; :class:`LiteRTStreamingModel` runs a streaming file step by step.
 :mod:`~kws_quant.export.tflite.stream_graph` reads the streaming plan into a graph of the IR ops above,
 :mod:`~kws_quant.export.tflite.stream_export` converts, patches, verifies and runs it. A ``QuantLSTM`` (the CRNN) has
 int8 weights with exact codes in hybrid projections, its gates and float32 ``h``/``c`` state in float, and no

@@ -266,8 +266,9 @@ def to_tflite_streaming(model, path, representative_data=None, *, output_margin:
         features: with ``split_front_end``, the log-mel settings the frames are computed with
             (:class:`kws_quant.features.FeatureConfig` or its dict), written into the front-end file.
         int4: store the kernels of ≤4-bit quantizers (dense, conv and depthwise; an LSTM's hybrid projections stay
-            int8) as packed INT4 tensors (two codes a byte). LiteRT unpacks them to the same int8 codes: without XNNPACK the logits equal the int8 file's bit
-            for bit; XNNPACK runs only the int8 file's ops, so with it the two differ by its rounding.
+            int8) as packed INT4 tensors (two codes a byte). LiteRT unpacks them to the same int8 codes: without
+            XNNPACK the logits equal the int8 file's bit for bit; XNNPACK runs only the int8 file's ops, so with it
+            the two differ by its rounding.
 
     Raises:
         ValueError (:class:`UnsupportedModelError`): a layer with no int8 streaming form (named), a model with no

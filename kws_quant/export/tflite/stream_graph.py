@@ -44,7 +44,8 @@ __all__ = ["Buffer", "Chain", "Crop", "Join", "Mean", "Recurrent", "StateTensor"
 
 @dataclasses.dataclass
 class StateTensor:
-    """One state input of the step (and its ``_next`` output): ``shape`` without the batch axis, int8 on ``grid``."""
+    """One state input of the step (and its ``_next`` output): ``shape`` without the batch axis, int8 on ``grid``
+    (float32 when ``grid`` is ``None``)."""
     name: str
     shape: tuple
     grid: FakeQuantOp | None  # None: a float32 tensor
@@ -139,9 +140,12 @@ class StreamGraph:
         self.model, self.nodes, self.hop, self.n_mels = model, nodes, hop, n_mels
         self.window, self.first_valid_step = window, first_valid_step
         self.buffers = [n for n in nodes if isinstance(n, Buffer)]
-        self.states = [StateTensor(n.name, (n.frames, n.channels), n.grid) if isinstance(n, Buffer) else st
-                       for n in nodes if isinstance(n, (Buffer, Recurrent))
-                       for st in (n.states() if isinstance(n, Recurrent) else [None])]
+        self.states = []  # the state tensors in order: a buffer's one, an LSTM's three
+        for n in nodes:
+            if isinstance(n, Buffer):
+                self.states.append(StateTensor(n.name, (n.frames, n.channels), n.grid))
+            elif isinstance(n, Recurrent):
+                self.states += n.states()
         self.output = nodes[-1].key
         self.quantize = True  # False: the float graph (the float32 baseline export)
 
@@ -368,8 +372,9 @@ def stream_windows(graph: StreamGraph, windows: np.ndarray):
 
 def calibrate(graph: StreamGraph, windows, margin: float) -> None:
     """Set the range of every calibrated quantization point: streamed over ``windows`` from zero state, the min/max
-    of its input over the steps from ``first_valid_step`` on (from an LSTM's gate on, when earlier), widened by ``margin`` of the span on each side (and
-    to contain 0). Points are set in graph order, each seeing the ones before it quantized."""
+    of its input over the steps from ``first_valid_step`` on (from an LSTM's gate on, when earlier), widened by
+    ``margin`` of the span on each side (and to contain 0). Points are set in graph order, each seeing the ones
+    before it quantized."""
     points = graph.calibration_points()
     hops = stream_windows(graph, windows)
     # an LSTM's output grid sees every step from its gate on (its state at the window's end depends on all of them)
