@@ -199,8 +199,7 @@ def main():
             continue
         runner = LiteRTStreamingModel(sp)
         window = int(model.input_shape[1])
-        us = block_medians(timers(sp, wp, p4, pc, (window - window % runner.hop) // runner.hop), args.steps,
-                           args.blocks)
+        us = block_medians(timers(sp, wp, p4, pc, window // runner.hop), args.steps, args.blocks)
         r = {"arch": arch, "step_us": us["step_invoke"], "window_us": us["window_invoke"],
              "window/step": us["window_invoke"] / us["step_invoke"], "step_host_us": us["step_host"],
              "int4_step_us": us["int4_invoke"], "core_step_us": us["core_invoke"],

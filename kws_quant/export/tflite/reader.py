@@ -17,7 +17,7 @@ from kws_quant.export.storage_plan import is_per_frame
 from kws_quant.export.tflite.ir import (ActivationOp, BatchNormOp, FakeQuantOp, LinearOp, LstmOp, ShapeOp,
                                         UnsupportedModelError)
 from kws_quant.layers import (QuantActivation, QuantBatchNormalization, QuantConv1D, QuantConv2D, QuantDense,
-                              QuantDepthwiseConv1D, QuantLayer, QuantLSTM)
+                              QuantDepthwiseConv1D, QuantLayer)
 
 __all__ = ["read_chain", "read_lstm", "read_ops", "split_front_end"]
 
@@ -158,10 +158,8 @@ def _linear_op(layer, stage: int) -> LinearOp:
 
 
 def read_lstm(layer, stage: int) -> LstmOp:
-    """A stage-2 ``QuantLSTM`` as an :class:`LstmOp` (a calibrated output grid, without a range yet, when the layer
+    """A stage-2 ``QuantLSTM`` (a streaming plan's ``lstm`` node) as an :class:`LstmOp` (a calibrated output grid, without a range yet, when the layer
     has no output quantizer)."""
-    if not isinstance(layer, QuantLSTM):
-        raise UnsupportedModelError(f"layer {layer.name!r} ({type(layer).__name__}) is not a QuantLSTM")
     missing = [role for role in ("kernel", "recurrent_kernel") if not _role_on(layer, role, stage)]
     if missing:
         raise UnsupportedModelError(f"layer {layer.name!r} (QuantLSTM): no quantizer on {', '.join(missing)}; the "

@@ -81,6 +81,8 @@ class _StepModule(tf.Module):
 
 
 def _convert(graph, whole: bool) -> bytes:
+    if whole:
+        _no_recurrent_window(graph)
     module = _StepModule(graph, whole)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
     if not graph.quantize:
@@ -113,12 +115,15 @@ def _match(m, sg, linear_ops) -> list:
             if int(np.prod(w_t.shape)) != codes.size:
                 continue
             axis = 3 if lin.kind == "depthwise" else 0
-            q = w_t.quantization
-            s = np.asarray(q.scale if q is not None and q.scale is not None else [0.0], np.float64)  # 0: float
-            s = s.reshape([-1 if a == axis else 1 for a in range(len(w_t.shape))]) if s.size > 1 else s
-            theirs = flatbuffer.tensor_values(m, w_t).astype(np.float64) * (s if s.max() > 0 else 1.0)
+            if lin.hybrid:  # float weights, the converter's own copy of the layer's (an LSTM's projection)
+                s, step = 1.0, 0.0
+            else:
+                s = np.asarray(w_t.quantization.scale, np.float64)
+                s = s.reshape([-1 if a == axis else 1 for a in range(len(w_t.shape))]) if s.size > 1 else s
+                step = s.max()
+            theirs = flatbuffer.tensor_values(m, w_t).astype(np.float64) * s
             err = np.max(np.abs(theirs - _layout(lin, mine, w_t.shape)))
-            if err <= 1.01 * s.max() + 1e-6 * np.abs(mine).max(initial=0) and (best is None or err < best[0]):
+            if err <= 1.01 * step + 1e-6 * np.abs(mine).max(initial=0) and (best is None or err < best[0]):
                 best = (err, i)
         if best is None:
             raise RuntimeError(f"{lin.owner}: no {_OP_OF_KIND[lin.kind]} op of the converter holds this layer's "
@@ -315,7 +320,6 @@ def to_tflite_window(model, path, representative_data=None, *, output_margin: fl
     if not quantize:
         return _float(model, path, whole=True)
     graph = _prepare(model, representative_data, output_margin)
-    _no_recurrent_window(graph)
     data, where = _patch(_convert(graph, whole=True), graph)
     _verify(data, graph, where)
     return _write(path, data)
@@ -324,18 +328,15 @@ def to_tflite_window(model, path, representative_data=None, *, output_margin: fl
 def _no_recurrent_window(graph) -> None:
     recurrent = [n.op.owner for n in graph.nodes if isinstance(n, Recurrent)]
     if recurrent:
-        steps = (graph.window - graph.window % graph.hop) // graph.hop
         raise UnsupportedModelError(
             f"model {graph.model.name!r}: layer {recurrent[0]!r} (QuantLSTM) reads the window from a zero state, so "
-            f"its window form is its streaming form run for the window's {steps} hops (the same ops, once each): "
-            "use to_tflite_streaming and LiteRTStreamingModel.run")
+            f"its window form is its streaming form run for the window's {graph.window_steps} hops (the same ops, "
+            "once each): use to_tflite_streaming and LiteRTStreamingModel.run")
 
 
 def _float(model, path, whole: bool) -> str:
     """The float32 graph (no fake-quant; the weights the model uses at stage 2, batch-norms folded)."""
     graph = read_stream_graph(_load(model))
-    if whole:
-        _no_recurrent_window(graph)
     graph.quantize = False
     return _write(path, _convert(graph, whole=whole))
 

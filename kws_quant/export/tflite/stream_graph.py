@@ -167,8 +167,12 @@ class StreamGraph:
         return [op for op in self._ops() if isinstance(op, FakeQuantOp) and op.lo is not None]
 
     def calibration_points(self) -> list:
-        return list({id(op): op for op in self._ops()
-                     if isinstance(op, FakeQuantOp) and op.role == "calibrated"}.values())
+        return [op for op in self._ops() if isinstance(op, FakeQuantOp) and op.role == "calibrated"]
+
+    @property
+    def window_steps(self) -> int:
+        """Hops in one window (its first ``window % hop`` frames, which the window model crops, left out)."""
+        return self.window // self.hop
 
     def split_front_end(self) -> list:
         """Take the float affine ops (the per-mel ``bn_in``) off the start of the graph and return them: the graph
@@ -364,8 +368,7 @@ def read_stream_graph(model) -> StreamGraph:
 def stream_windows(graph: StreamGraph, windows: np.ndarray):
     """Hops of ``windows [n, window, n_mels]`` in stream order: ``(frames [steps, n, hop, n_mels], offset)``; the
     first ``window % hop`` frames (which the window model crops) are skipped."""
-    offset = graph.window % graph.hop
-    steps = (graph.window - offset) // graph.hop
+    offset, steps = graph.window % graph.hop, graph.window_steps
     x = np.asarray(windows, np.float32)[:, offset:offset + steps * graph.hop]
     return x.reshape(len(x), steps, graph.hop, graph.n_mels).transpose(1, 0, 2, 3)
 
